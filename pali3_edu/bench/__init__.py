@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m pali3_edu.bench <name>`` (see ``__main__``). Never run as tests."""

@@ -19,9 +19,11 @@ def _pyproject_requirements() -> dict[str, str]:
 
 def _environment_requirements() -> dict[str, str]:
     reqs = {}
-    for line in (ROOT / "environment.yml").read_text().splitlines():
+    text = (ROOT / "environment.yml").read_text()
+    pip_section = text.split("- pip:", 1)[1]  # the pip-installed packages mirror pyproject
+    for line in pip_section.splitlines():
         m = re.match(r"^\s+-\s+([A-Za-z0-9_.\-]+[^#]*?)\s*(#.*)?$", line)
-        if m and not m.group(1).startswith(("-e", "pip", "python")):
+        if m and not m.group(1).startswith("-e"):
             reqs[_name(m.group(1))] = m.group(1).replace(" ", "")
     return reqs
 

@@ -758,7 +758,15 @@ def load_shapesworld(
     ds = build_dataset(split, num_scenes, cfg)
     tmp = root / f".{key}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    ds.save_to_disk(str(tmp))
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # keep notebook outputs clean: this takes a second
+    try:
+        ds.save_to_disk(str(tmp))
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
     shutil.rmtree(path, ignore_errors=True)  # an empty or half-written folder from a crash
     try:
         os.replace(tmp, path)

@@ -117,7 +117,7 @@ def parse_detection(text: str) -> DetectionResult:
     errors: list[str] = []
     for i, part in enumerate(text.split(";")):
         part = part.strip()
-        where = f"instance {i} ({part[:40]!r})"
+        where = f"instance {i} ({part if len(part) <= 60 else part[:57] + '...'!r})"
         if not part:
             errors.append(f"instance {i} is empty (two ';' in a row or a trailing ';')")
             continue

@@ -434,8 +434,9 @@ class Tokenizer:
         ``skip_special_tokens=True`` drops the control tokens pad and EOS only: loc, seg, mode and
         sentinel tokens carry meaning (a box, a mask, a span) and are always written out, and an
         unknown character is written ``<unk>``.
-        Ids outside ``0 … vocab_size-1`` (e.g. the padding rows of the embedding table, or the
-        label value -100) raise ``ValueError``.
+        Ids of the embedding table's padding rows (``vocab_size … padded_vocab_size-1``), which an
+        untrained model may predict, are written ``<unk>``; ids beyond the table, or the label
+        value -100, raise ``ValueError``.
         """
         if isinstance(ids, torch.Tensor):
             if ids.dim() != 1:
@@ -464,6 +465,13 @@ class Tokenizer:
             run.clear()
 
         for i in ids:
+            if self.vocab_size <= int(i) < self.padded_vocab_size:
+                # A padding row of the embedding table: no token, but a model in training can
+                # still predict it. Write it as <unk> rather than fail mid-evaluation.
+                flush()
+                pieces.append("<unk>")
+                seen_text = True
+                continue
             i = self._check_id(i)
             if i == self.pad_id or i == self.eos_id:
                 flush()

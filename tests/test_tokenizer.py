@@ -308,8 +308,9 @@ def test_clear_errors(tok, tmp_path):
         tok.loc_id(1024)
     with pytest.raises(ValueError, match="seg127"):
         tok.seg_id(-1)
+    assert tok.decode([tok.vocab_size]) == "<unk>"  # a padding row: written, never a crash
     with pytest.raises(ValueError, match="out of range"):
-        tok.decode([5, tok.vocab_size])
+        tok.decode([5, tok.padded_vocab_size])
     with pytest.raises(ValueError, match="out of range"):
         tok.id_to_token(tok.padded_vocab_size - 1)
     with pytest.raises(ValueError, match="-100"):

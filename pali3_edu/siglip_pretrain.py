@@ -1,0 +1,579 @@
+"""Stage 0 for the image tower: contrastive SigLIP pretraining on ShapesWorld (lesson 04).
+
+The pieces, in the order the lesson uses them:
+
+1. **Data** — :class:`CaptionPairs` holds every training image (as uint8) and every caption
+   phrasing (tokenised once, padded with a "sticky" EOS). ``pairs.get_batch(step)`` draws
+   ``batch_size`` *different* scenes and one random phrasing of each; it is a pure function of
+   ``(seed, step)``, so a resumed run sees exactly the batches an uninterrupted one would.
+2. **Loss** — :func:`contrastive_loss_fn` (``"sigmoid"``: SigLIP, ``"softmax"``: CLIP) plugs the
+   model into :func:`pali3_edu.train.train`.
+3. **Evaluation** — :class:`EvalSet` (held-out scenes with their canonical captions),
+   :func:`retrieval_metrics` (image→text and text→image recall@k) and
+   :func:`zero_shot_metrics` (shape and colour classification from text prompts).
+4. **Cache** — :func:`load_or_train_siglip` returns the trained model of a recipe, loading
+   ``data/checkpoints/siglip-<name>.pt`` when it exists (later lessons start from it).
+5. **Batch-size sweep** — :func:`batch_size_sweep`, sigmoid vs softmax at several batch sizes,
+   with its results cached as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from pali3_edu.config import SigLIPConfig, TextConfig, ViTConfig, get_config
+from pali3_edu.metrics import recall_at_k, zero_shot_accuracy
+from pali3_edu.siglip import SigLIP
+from pali3_edu.train import (
+    CheckpointError,
+    History,
+    TrainConfig,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
+from pali3_edu.utils import data_dir, pick_device
+
+LossKind = Literal["sigmoid", "softmax"]
+
+# ---------------------------------------------------------------------------------------------
+# Images and captions as tensors
+# ---------------------------------------------------------------------------------------------
+
+
+def images_to_uint8(images: Sequence[Any], image_size: int) -> Tensor:
+    """PIL images → ``(N, 3, image_size, image_size)`` uint8 (4× smaller than float pixels).
+
+    Resizing goes through :func:`pali3_edu.data.collate.images_to_batch`; ``uint8_to_pixels``
+    turns the result back into the model's [-1, 1] range without loss.
+    """
+    from pali3_edu.data.collate import images_to_batch
+
+    chunks = []
+    for start in range(0, len(images), 512):  # bounded float memory for big data sets
+        x = images_to_batch(list(images[start : start + 512]), image_size)
+        chunks.append(((x + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(chunks)
+
+
+def uint8_to_pixels(x: Tensor) -> Tensor:
+    """``(..., 3, H, W)`` uint8 → float32 in [-1, 1] (``pixel / 127.5 − 1``, as SigLIP expects)."""
+    return x.float() / 127.5 - 1.0
+
+
+def tokenize_captions(tokenizer: Any, texts: Sequence[str], max_len: int) -> Tensor:
+    """Captions → ``(N, max_len)`` ids padded with EOS ("sticky EOS": the last token is always EOS,
+    which is the one the text tower pools). Longer captions are cut, keeping EOS last."""
+    enc = tokenizer.batch_encode(
+        list(texts), max_length=max_len, padding="max_length", pad_id=tokenizer.eos_id
+    )
+    return enc["input_ids"]
+
+
+class CaptionPairs:
+    """Training pairs: every scene's image and *all* its caption phrasings.
+
+    - ``images``: ``(scenes, 3, H, W)`` uint8
+    - ``caption_ids``: ``(phrasings, max_len)`` token ids; scene ``i`` owns the rows
+      ``first[i] .. first[i] + count[i] − 1`` (its phrasings, canonical caption first)
+
+    ``get_batch(step)`` returns ``{"pixel_values": (B, 3, H, W) float, "input_ids": (B, max_len)}``.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        captions: Sequence[Sequence[str]],
+        tokenizer: Any,
+        max_len: int,
+        batch_size: int,
+        seed: int = 0,
+    ):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"images must be (N, 3, H, W) uint8, got {images.dtype} {tuple(images.shape)}")
+        if len(captions) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(captions)} caption lists")
+        if not 1 <= batch_size <= images.shape[0]:
+            raise ValueError(f"batch_size must be in 1..{images.shape[0]} (the number of scenes), got {batch_size}")
+        self.images, self.batch_size, self.seed = images, batch_size, seed
+        self.captions = [list(c) for c in captions]
+        flat = [text for phrasings in self.captions for text in phrasings]
+        self.caption_ids = tokenize_captions(tokenizer, flat, max_len)
+        self.count = torch.tensor([len(c) for c in self.captions])
+        self.first = torch.cumsum(self.count, 0) - self.count
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def sample(self, step: int) -> tuple[Tensor, Tensor]:
+        """Scene indices ``(B,)`` (all different) and caption rows ``(B,)`` for ``step``."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        scenes = torch.randperm(len(self), generator=g)[: self.batch_size]
+        # one phrasing per scene, uniformly among that scene's phrasings
+        pick = (torch.rand(self.batch_size, generator=g) * self.count[scenes]).long()
+        return scenes, self.first[scenes] + pick
+
+    def get_batch(self, step: int) -> dict[str, Tensor]:
+        scenes, rows = self.sample(step)
+        return {"pixel_values": uint8_to_pixels(self.images[scenes]), "input_ids": self.caption_ids[rows]}
+
+    def texts(self, step: int) -> list[str]:
+        """The caption strings of ``get_batch(step)`` (for display)."""
+        scenes, rows = self.sample(step)
+        return [self.captions[s][r - self.first[s]] for s, r in zip(scenes.tolist(), rows.tolist())]
+
+
+def load_caption_pairs(
+    tokenizer: Any,
+    cfg: SigLIPConfig,
+    num_scenes: int,
+    batch_size: int,
+    seed: int = 0,
+    split: str = "train",
+    single_object_scenes: int = 0,
+) -> CaptionPairs:
+    """ShapesWorld ``split`` (cached under ``data/``) as :class:`CaptionPairs` for ``cfg``'s sizes.
+
+    ``num_scenes`` scenes of 1–3 objects, plus ``single_object_scenes`` scenes with exactly one
+    object (those force the model to tell shapes apart: colour alone no longer identifies the
+    caption of a lone "small red ..." object).
+    """
+    from pali3_edu.data.shapesworld import load_shapesworld
+
+    size = max(32, cfg.vision.image_size)
+    parts = [load_shapesworld(split, num_scenes, image_size=size)]
+    if single_object_scenes:
+        parts.append(load_shapesworld(split, single_object_scenes, image_size=size, min_objects=1, max_objects=1))
+    images = torch.cat([images_to_uint8(ds["image"], cfg.vision.image_size) for ds in parts])
+    captions = [c for ds in parts for c in ds["captions"]]
+    return CaptionPairs(images, captions, tokenizer, cfg.text.max_len, batch_size, seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss for the training loop
+# ---------------------------------------------------------------------------------------------
+
+
+def contrastive_loss_fn(kind: LossKind = "sigmoid") -> Callable[[SigLIP, dict], dict[str, Tensor]]:
+    """``loss_fn(model, batch)`` for :func:`pali3_edu.train.train`: the loss, plus ``t`` and ``b``
+    so the training history shows how the temperature and bias move."""
+    if kind not in ("sigmoid", "softmax"):
+        raise ValueError(f"kind must be 'sigmoid' or 'softmax', got {kind!r}")
+
+    def loss_fn(model: SigLIP, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = model(batch["pixel_values"], batch["input_ids"], loss=kind)
+        return {"loss": out.loss, "t": model.t_prime.detach().exp(), "b": model.bias.detach()}
+
+    return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def embed_images(model: SigLIP, pixel_values: Tensor, batch_size: int = 256) -> Tensor:
+    """``(N, 3, H, W)`` float or uint8 → L2-normalised image embeddings ``(N, D)`` (eval mode)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for chunk in pixel_values.split(batch_size):
+        if chunk.dtype == torch.uint8:
+            chunk = uint8_to_pixels(chunk)
+        out.append(torch.nn.functional.normalize(model.encode_image(chunk.to(device))[1], dim=-1).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def embed_texts(model: SigLIP, input_ids: Tensor, batch_size: int = 512) -> Tensor:
+    """``(N, seq)`` EOS-padded ids → L2-normalised text embeddings ``(N, D)`` (eval mode)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = [torch.nn.functional.normalize(model.encode_text(c.to(device)), dim=-1).cpu()
+           for c in input_ids.split(batch_size)]
+    return torch.cat(out)
+
+
+@dataclass
+class EvalSet:
+    """Held-out scenes: images (uint8), canonical captions and their token ids, object lists."""
+
+    images: Tensor  # (N, 3, H, W) uint8
+    captions: list[str]
+    input_ids: Tensor  # (N, max_len)
+    objects: list[list[dict]]
+    split: str = "val"
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    @property
+    def same_caption(self) -> Tensor:
+        """``(N, N)`` bool: caption j is *correct* for image i when it is word for word image i's
+        caption (two single-object scenes "a large red circle" are indistinguishable by text)."""
+        ids = {c: k for k, c in enumerate(dict.fromkeys(self.captions))}
+        key = torch.tensor([ids[c] for c in self.captions])
+        return key[:, None] == key[None, :]
+
+
+def load_eval_set(
+    tokenizer: Any,
+    cfg: SigLIPConfig,
+    split: str = "val",
+    num_scenes: int = 500,
+    single_object: bool = False,
+) -> EvalSet:
+    """``num_scenes`` ShapesWorld scenes of ``split`` (val, test, compositional), cached under ``data/``.
+
+    ``single_object=True`` gives scenes with exactly one shape (for zero-shot classification,
+    where the label must be unambiguous).
+    """
+    from pali3_edu.data.shapesworld import load_shapesworld
+
+    kwargs = dict(min_objects=1, max_objects=1) if single_object else {}
+    ds = load_shapesworld(split, num_scenes, image_size=max(32, cfg.vision.image_size), **kwargs)
+    captions = list(ds["caption"])
+    return EvalSet(
+        images=images_to_uint8(ds["image"], cfg.vision.image_size),
+        captions=captions,
+        input_ids=tokenize_captions(tokenizer, captions, cfg.text.max_len),
+        objects=list(ds["objects"]),
+        split=split,
+    )
+
+
+def similarity_matrix(model: SigLIP, data: EvalSet) -> Tensor:
+    """Cosine similarities ``(images, captions)`` of an :class:`EvalSet`."""
+    return embed_images(model, data.images) @ embed_texts(model, data.input_ids).T
+
+
+def retrieval_metrics(model: SigLIP, data: EvalSet, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Image→text (``i2t_r@k``) and text→image (``t2i_r@k``) recall over ``data``.
+
+    Every image is a query against all captions of the set (and vice versa); identical captions
+    count as correct for each other (see :attr:`EvalSet.same_caption`).
+    """
+    sim = similarity_matrix(model, data)
+    relevant = data.same_caption
+    out = {}
+    for k in ks:
+        out[f"i2t_r@{k}"] = recall_at_k(sim, relevant, k)
+        out[f"t2i_r@{k}"] = recall_at_k(sim.T, relevant.T, k)
+    return out
+
+
+def class_prompts(attribute: Literal["shape", "color"], style: Literal["ensemble", "short"] = "ensemble") -> dict[str, list[str]]:
+    """Text prompts per class, written in the style of the training captions.
+
+    - ``"ensemble"``: every single-object caption the class could have, e.g. for *circle*
+      "a small red circle", "a large red circle", … (12 prompts). Their embeddings are averaged
+      into one class embedding (CLIP's "prompt ensembling").
+    - ``"short"``: one generic prompt, "a circle" / "a red shape". Never seen in training.
+    """
+    from pali3_edu.data.shapesworld import COLORS, SHAPES, SIZES
+
+    if attribute not in ("shape", "color"):
+        raise ValueError(f"attribute must be 'shape' or 'color', got {attribute!r}")
+    classes = SHAPES if attribute == "shape" else COLORS
+    if style == "short":
+        return {c: [f"a {c}" if attribute == "shape" else f"a {c} shape"] for c in classes}
+    if style != "ensemble":
+        raise ValueError(f"style must be 'ensemble' or 'short', got {style!r}")
+    if attribute == "shape":
+        return {s: [f"a {z} {c} {s}" for z in SIZES for c in COLORS] for s in classes}
+    return {c: [f"a {z} {c} {s}" for z in SIZES for s in SHAPES] for c in classes}
+
+
+def class_embeddings(model: SigLIP, tokenizer: Any, prompts: dict[str, list[str]]) -> Tensor:
+    """One L2-normalised embedding per class ``(classes, D)``: the mean of its prompts' embeddings."""
+    max_len = model.cfg.text.max_len
+    rows = []
+    for texts in prompts.values():
+        emb = embed_texts(model, tokenize_captions(tokenizer, texts, max_len))
+        rows.append(torch.nn.functional.normalize(emb.mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+def zero_shot_metrics(
+    model: SigLIP, tokenizer: Any, data: EvalSet, style: Literal["ensemble", "short"] = "ensemble"
+) -> dict[str, float]:
+    """Zero-shot ``shape_acc`` and ``color_acc`` on single-object scenes (the label is that object's)."""
+    if any(len(objs) != 1 for objs in data.objects):
+        raise ValueError("zero_shot_metrics needs single-object scenes: load_eval_set(..., single_object=True)")
+    image_emb = embed_images(model, data.images)
+    out = {}
+    for attribute in ("shape", "color"):
+        prompts = class_prompts(attribute, style)
+        names = list(prompts)
+        labels = [names.index(objs[0][attribute]) for objs in data.objects]
+        out[f"{attribute}_acc"] = zero_shot_accuracy(image_emb, class_embeddings(model, tokenizer, prompts), labels)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes, the checkpoint cache, load_or_train_siglip
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SigLIPRecipe:
+    """Everything that decides a pretraining run (its hash names the cached checkpoint's contents)."""
+
+    model: SigLIPConfig = field(default_factory=SigLIPConfig)
+    num_scenes: int = 4000
+    single_object_scenes: int = 0
+    batch_size: int = 64
+    steps: int = 500
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    loss: LossKind = "sigmoid"
+    seed: int = 0
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps,
+            weight_decay=self.weight_decay, seed=self.seed, log_every=10, checkpoint_every=100,
+        )
+
+    def fingerprint(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def micro_siglip_config(image_size: int = 32) -> SigLIPConfig:
+    """A very small SigLIP (2+1 layers, width 64) for tests and the batch-size sweep."""
+    return SigLIPConfig(
+        vision=ViTConfig(image_size=image_size, patch_size=8, width=64, depth=2, mlp_dim=128, heads=2),
+        text=TextConfig(width=64, depth=1, mlp_dim=128, heads=2, max_len=24),
+        embed_dim=64,
+    )
+
+
+RECIPES: dict[str, SigLIPRecipe] = {
+    # lesson 04 on a 2-core CPU (about 2 minutes)
+    "tiny-cpu": SigLIPRecipe(model=get_config("siglip", "tiny-cpu"), steps=450, warmup_steps=45),
+    # a GPU run of the same world at the "small" size
+    "small": SigLIPRecipe(model=get_config("siglip", "small"), num_scenes=20000, batch_size=256,
+                          steps=4000, lr=5e-4, warmup_steps=200),
+}
+
+
+def get_recipe(name: str = "tiny-cpu", **overrides: Any) -> SigLIPRecipe:
+    """A copy of a named recipe with fields replaced by ``overrides``."""
+    if name not in RECIPES:
+        raise ValueError(f"No SigLIP pretraining recipe {name!r}; available: {', '.join(RECIPES)}")
+    return dataclasses.replace(RECIPES[name], **overrides)
+
+
+def checkpoint_path(name: str = "tiny-cpu") -> Path:
+    """Where the pretrained SigLIP of recipe ``name`` is cached: ``data/checkpoints/siglip-<name>.pt``."""
+    return data_dir("checkpoints") / f"siglip-{name}.pt"
+
+
+def _check_tokenizer(tokenizer: Any, cfg: SigLIPConfig) -> None:
+    if tokenizer.padded_vocab_size > cfg.text.vocab_size:
+        raise ValueError(
+            f"The tokenizer has {tokenizer.padded_vocab_size} ids but the text tower only "
+            f"{cfg.text.vocab_size} embeddings: build the model with TextConfig(vocab_size="
+            f"{tokenizer.padded_vocab_size})."
+        )
+
+
+def resume_path(path: str | Path, recipe: SigLIPRecipe) -> Path:
+    """The in-progress checkpoint next to ``path`` (model + optimizer, written every 100 steps by
+    ``train``); named by the recipe's fingerprint so another recipe never resumes from it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.{recipe.fingerprint()}.partial{path.suffix}")
+
+
+def save_pretrained_siglip(path: str | Path, model: SigLIP, recipe: SigLIPRecipe, history: History) -> Path:
+    """Write the finished model (no optimizer state) with its recipe and history; remove the
+    in-progress checkpoint."""
+    path = save_checkpoint(path, model, recipe=asdict(recipe), recipe_fingerprint=recipe.fingerprint(),
+                           history=asdict(history), step=recipe.steps)
+    resume_path(path, recipe).unlink(missing_ok=True)
+    return path
+
+
+def load_pretrained_siglip(
+    path: str | Path, recipe: SigLIPRecipe, device: torch.device | str | None = None
+) -> tuple[SigLIP, dict[str, Any]]:
+    """Load a finished run of ``recipe`` from ``path``: ``(model in eval mode, info)``.
+
+    Raises :class:`~pali3_edu.train.CheckpointError` when the file is missing, damaged, or was
+    trained with another recipe (the message says what to do).
+    """
+    state = load_checkpoint(path)
+    if state.get("recipe_fingerprint") != recipe.fingerprint():
+        raise CheckpointError(
+            f"{path} was trained with another recipe ({state.get('recipe', 'unknown')}), not "
+            f"{asdict(recipe)}. Delete it, or call load_or_train_siglip(..., retrain=True)."
+        )
+    model = SigLIP(recipe.model)
+    load_checkpoint(path, model)
+    history = History(**state.get("history", {}))
+    info = dict(loaded=True, history=history, seconds=history.seconds, recipe=recipe,
+                checkpoint=Path(path), step=int(state.get("step", recipe.steps)))
+    return model.to(device or "cpu").eval(), info
+
+
+def load_or_train_siglip(
+    preset: str = "tiny-cpu",
+    *,
+    recipe: SigLIPRecipe | None = None,
+    checkpoint: str | Path | None = None,
+    device: torch.device | str | None = None,
+    retrain: bool = False,
+    progress: bool = True,
+) -> tuple[SigLIP, Any, dict[str, Any]]:
+    """The pretrained SigLIP of a recipe: ``(model, tokenizer, info)``.
+
+    Loads ``checkpoint`` (default ``data/checkpoints/siglip-<preset>.pt``) when it holds a
+    finished run of the same recipe; otherwise trains it (resuming an interrupted run) and saves
+    it there. ``info`` has ``"loaded"`` (bool), ``"history"`` (:class:`~pali3_edu.train.History`),
+    ``"seconds"`` (training time), ``"recipe"``, ``"checkpoint"`` and ``"step"``.
+
+    A damaged file raises :class:`~pali3_edu.train.CheckpointError` (delete it, or pass
+    ``retrain=True``); a finished run of *another* recipe is trained over.
+    """
+    from pali3_edu.tokenizer import course_tokenizer
+
+    recipe = recipe or get_recipe(preset)
+    path = Path(checkpoint) if checkpoint is not None else checkpoint_path(preset)
+    tokenizer = course_tokenizer()
+    _check_tokenizer(tokenizer, recipe.model)
+    device = torch.device(device) if device is not None else pick_device()
+    if retrain:
+        path.unlink(missing_ok=True)
+        resume_path(path, recipe).unlink(missing_ok=True)
+    if path.exists():
+        state = load_checkpoint(path)  # CheckpointError if the file is damaged
+        if state.get("recipe_fingerprint") == recipe.fingerprint():
+            model, info = load_pretrained_siglip(path, recipe, device)
+            return model, tokenizer, info
+        print(f"{path.name} holds another recipe's model: training {preset!r} again.")
+        path.unlink()
+
+    pairs = load_caption_pairs(tokenizer, recipe.model, recipe.num_scenes, recipe.batch_size, recipe.seed,
+                               single_object_scenes=recipe.single_object_scenes)
+    torch.manual_seed(recipe.seed)
+    model = SigLIP(recipe.model)
+    history = train(model, contrastive_loss_fn(recipe.loss), pairs.get_batch, recipe.train_config(),
+                    checkpoint=resume_path(path, recipe), device=device, progress=progress)
+    save_pretrained_siglip(path, model, recipe, history)
+    info = dict(loaded=False, history=history, seconds=history.seconds,
+                recipe=recipe, checkpoint=path, step=recipe.steps)
+    return model.eval(), tokenizer, info
+
+
+def train_siglip(
+    recipe: SigLIPRecipe,
+    pairs: CaptionPairs | None = None,
+    tokenizer: Any = None,
+    *,
+    checkpoint: str | Path | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> tuple[SigLIP, History]:
+    """Train a fresh model of ``recipe`` (no cache unless ``checkpoint``); used by the sweep and tests."""
+    torch.manual_seed(recipe.seed)
+    model = SigLIP(recipe.model)
+    if pairs is None:
+        from pali3_edu.tokenizer import course_tokenizer
+
+        tokenizer = tokenizer or course_tokenizer()
+        pairs = load_caption_pairs(tokenizer, recipe.model, recipe.num_scenes, recipe.batch_size, recipe.seed,
+                               single_object_scenes=recipe.single_object_scenes)
+    history = train(model, contrastive_loss_fn(recipe.loss), pairs.get_batch, recipe.train_config(),
+                    checkpoint=checkpoint, device=device or "cpu", progress=progress)
+    return model, history
+
+
+# ---------------------------------------------------------------------------------------------
+# Sigmoid vs softmax over batch sizes
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepSettings:
+    """The batch-size sweep: every run sees the same number of examples (``examples_seen``),
+    so a batch of 8 takes 16× the steps of a batch of 128."""
+
+    batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
+    losses: tuple[str, ...] = ("sigmoid", "softmax")
+    examples_seen: int = 8192
+    num_scenes: int = 2000
+    eval_scenes: int = 300
+    lr: float = 1e-3
+    image_size: int = 32
+    seed: int = 0
+
+
+def batch_size_sweep(
+    settings: SweepSettings | None = None,
+    *,
+    cache: bool = True,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train one micro SigLIP per (loss, batch size) and measure held-out image→text R@1.
+
+    Returns rows ``{loss, batch_size, steps, final_loss, i2t_r@1, t2i_r@1, seconds}``. The table is
+    cached in ``data/results/siglip-batch-sweep-<hash>.json`` (hash of the settings); it is
+    recomputed when missing.
+    """
+    from pali3_edu.tokenizer import course_tokenizer
+
+    settings = settings or SweepSettings()
+    key = hashlib.sha1(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:10]
+    path = data_dir("results") / f"siglip-batch-sweep-{key}.json"
+    if cache and path.exists():
+        return json.loads(path.read_text())["rows"]
+
+    cfg = micro_siglip_config(settings.image_size)
+    tokenizer = course_tokenizer()
+    pairs = load_caption_pairs(tokenizer, cfg, settings.num_scenes, max(settings.batch_sizes), settings.seed)
+    val = load_eval_set(tokenizer, cfg, "val", settings.eval_scenes)
+    runs = [(loss, b) for loss in settings.losses for b in settings.batch_sizes]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(runs), desc="sweep", leave=False)
+    rows = []
+    for loss, b in runs:
+        steps = max(1, settings.examples_seen // b)
+        recipe = SigLIPRecipe(model=cfg, num_scenes=settings.num_scenes, batch_size=b, steps=steps,
+                              lr=settings.lr, warmup_steps=max(1, steps // 10), loss=loss, seed=settings.seed)
+        pairs.batch_size = b
+        t0 = time.perf_counter()
+        model, history = train_siglip(recipe, pairs, device="cpu")
+        metrics = retrieval_metrics(model, val, ks=(1,))
+        rows.append(dict(loss=loss, batch_size=b, steps=steps, final_loss=history.losses[-1],
+                         **metrics, seconds=round(time.perf_counter() - t0, 2)))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if cache:
+        path.write_text(json.dumps({"settings": asdict(settings), "rows": rows}, indent=1))
+    return rows
+
+
+__all__ = [
+    "CaptionPairs", "EvalSet", "RECIPES", "SigLIPRecipe", "SweepSettings", "batch_size_sweep",
+    "checkpoint_path", "class_embeddings", "class_prompts", "contrastive_loss_fn", "embed_images",
+    "embed_texts", "get_recipe", "images_to_uint8", "load_caption_pairs", "load_eval_set",
+    "load_or_train_siglip", "load_pretrained_siglip", "resume_path", "save_pretrained_siglip", "micro_siglip_config", "retrieval_metrics", "similarity_matrix",
+    "tokenize_captions", "train_siglip", "uint8_to_pixels", "zero_shot_metrics",
+]

@@ -75,26 +75,45 @@ def recall_at_k(similarity: Tensor, targets: Tensor | Sequence, k: int = 1) -> f
     return hit.float().mean().item()
 
 
-def zero_shot_predict(image_emb: Tensor, class_emb: Tensor) -> Tensor:
-    """Class index per image: the class whose (prompt) embedding is most similar.
+def zero_shot_predict(image_emb: Tensor, class_emb: Tensor, aggregate: str = "mean") -> Tensor:
+    """Class index per image: the class whose text embedding(s) are most similar.
 
-    ``image_emb`` is ``(images, dim)``, ``class_emb`` ``(classes, dim)``; both should be L2
-    normalised (cosine similarity). SigLIP's ``t`` and ``b`` are monotone, so they do not change
-    the arg-max and are not needed here.
+    ``image_emb`` is ``(images, dim)``. ``class_emb`` is either ``(classes, dim)`` (one embedding
+    per class) or ``(classes, prompts, dim)`` (several prompts per class), combined by
+    ``aggregate``:
+
+    - ``"mean"``: prompt ensembling as in CLIP — average each class's prompt embeddings,
+      re-normalise, then compare: one embedding per class.
+    - ``"max"``: score each class by its *best-matching* prompt (the class of the most similar
+      prompt wins). Better when the prompts of a class differ in a strong attribute that the
+      average would wash out (lesson 04: colour dominates shape).
+
+    Embeddings should be L2 normalised (cosine similarity). SigLIP's ``t`` and ``b`` are monotone,
+    so they do not change the arg-max and are not needed here.
     """
     if image_emb.shape[-1] != class_emb.shape[-1]:
         raise ValueError(
             f"Embedding sizes differ: images {image_emb.shape[-1]}, classes {class_emb.shape[-1]}."
         )
+    if class_emb.ndim == 3:
+        if aggregate == "mean":
+            class_emb = torch.nn.functional.normalize(class_emb.mean(dim=1), dim=-1)
+        elif aggregate == "max":
+            sims = torch.einsum("nd,cpd->ncp", image_emb, class_emb)  # (images, classes, prompts)
+            return sims.amax(dim=-1).argmax(dim=-1)
+        else:
+            raise ValueError(f"aggregate must be 'mean' or 'max', got {aggregate!r}")
     return (image_emb @ class_emb.T).argmax(dim=-1)
 
 
-def zero_shot_accuracy(image_emb: Tensor, class_emb: Tensor, labels: Tensor | Sequence[int]) -> float:
+def zero_shot_accuracy(
+    image_emb: Tensor, class_emb: Tensor, labels: Tensor | Sequence[int], aggregate: str = "mean"
+) -> float:
     """Accuracy of :func:`zero_shot_predict` against ``labels`` (``(images,)`` class indices)."""
     labels = torch.as_tensor(labels, device=image_emb.device)
     if labels.shape != image_emb.shape[:1]:
         raise ValueError(f"Need one label per image: {image_emb.shape[0]} images, {labels.shape} labels.")
-    return (zero_shot_predict(image_emb, class_emb) == labels).float().mean().item()
+    return (zero_shot_predict(image_emb, class_emb, aggregate) == labels).float().mean().item()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -297,18 +297,30 @@ def class_prompts(attribute: Literal["shape", "color"], style: Literal["ensemble
 
 def class_embeddings(model: SigLIP, tokenizer: Any, prompts: dict[str, list[str]]) -> Tensor:
     """One L2-normalised embedding per class ``(classes, D)``: the mean of its prompts' embeddings."""
+    return torch.nn.functional.normalize(prompt_embeddings(model, tokenizer, prompts).mean(1), dim=-1)
+
+
+def prompt_embeddings(model: SigLIP, tokenizer: Any, prompts: dict[str, list[str]]) -> Tensor:
+    """Every prompt's L2-normalised embedding, ``(classes, prompts, D)`` (equal prompt counts)."""
+    counts = {len(texts) for texts in prompts.values()}
+    if len(counts) != 1:
+        raise ValueError(f"every class needs the same number of prompts, got counts {sorted(counts)}")
     max_len = model.cfg.text.max_len
-    rows = []
-    for texts in prompts.values():
-        emb = embed_texts(model, tokenize_captions(tokenizer, texts, max_len))
-        rows.append(torch.nn.functional.normalize(emb.mean(0), dim=-1))
-    return torch.stack(rows)
+    return torch.stack([embed_texts(model, tokenize_captions(tokenizer, texts, max_len)) for texts in prompts.values()])
 
 
 def zero_shot_metrics(
-    model: SigLIP, tokenizer: Any, data: EvalSet, style: Literal["ensemble", "short"] = "ensemble"
+    model: SigLIP,
+    tokenizer: Any,
+    data: EvalSet,
+    style: Literal["ensemble", "short"] = "ensemble",
+    aggregate: Literal["max", "mean"] = "max",
 ) -> dict[str, float]:
-    """Zero-shot ``shape_acc`` and ``color_acc`` on single-object scenes (the label is that object's)."""
+    """Zero-shot ``shape_acc`` and ``color_acc`` on single-object scenes (the label is that object's).
+
+    ``aggregate="max"`` scores a class by its best-matching prompt; ``"mean"`` averages its prompt
+    embeddings first (CLIP's prompt ensembling). See :func:`pali3_edu.metrics.zero_shot_predict`.
+    """
     if any(len(objs) != 1 for objs in data.objects):
         raise ValueError("zero_shot_metrics needs single-object scenes: load_eval_set(..., single_object=True)")
     image_emb = embed_images(model, data.images)
@@ -317,7 +329,9 @@ def zero_shot_metrics(
         prompts = class_prompts(attribute, style)
         names = list(prompts)
         labels = [names.index(objs[0][attribute]) for objs in data.objects]
-        out[f"{attribute}_acc"] = zero_shot_accuracy(image_emb, class_embeddings(model, tokenizer, prompts), labels)
+        out[f"{attribute}_acc"] = zero_shot_accuracy(
+            image_emb, prompt_embeddings(model, tokenizer, prompts), labels, aggregate
+        )
     return out
 
 
@@ -572,7 +586,7 @@ def batch_size_sweep(
 
 __all__ = [
     "CaptionPairs", "EvalSet", "RECIPES", "SigLIPRecipe", "SweepSettings", "batch_size_sweep",
-    "checkpoint_path", "class_embeddings", "class_prompts", "contrastive_loss_fn", "embed_images",
+    "checkpoint_path", "class_embeddings", "class_prompts", "prompt_embeddings", "contrastive_loss_fn", "embed_images",
     "embed_texts", "get_recipe", "images_to_uint8", "load_caption_pairs", "load_eval_set",
     "load_or_train_siglip", "load_pretrained_siglip", "resume_path", "save_pretrained_siglip", "micro_siglip_config", "retrieval_metrics", "similarity_matrix",
     "tokenize_captions", "train_siglip", "uint8_to_pixels", "zero_shot_metrics",

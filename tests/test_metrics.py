@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pali3_edu.metrics import iou, recall_at_k, zero_shot_accuracy, zero_shot_predict
 
@@ -112,3 +113,19 @@ def test_lesson04_checks_accept_the_reference_and_explain_mistakes():
     check_zero_shot_classifier(lambda i, p: (i @ F.normalize(p.mean(1), dim=-1).T).argmax(-1))
     with pytest.raises(AssertionError, match="re-normalise"):
         check_zero_shot_classifier(lambda i, p: (i @ p.mean(1).T).argmax(-1))
+
+
+def test_zero_shot_max_vs_mean_aggregation():
+    # class 0's prompts point two opposite ways (e.g. "red circle", "blue circle"): their mean
+    # nearly cancels, so mean-ensembling loses an image that matches one of them exactly
+    e = torch.eye(3)
+    prompts = torch.stack([
+        torch.stack([e[0], -e[0] - 0.2 * e[1]]),  # class 0
+        torch.stack([e[1], e[1]]),                 # class 1
+    ])
+    prompts = F.normalize(prompts, dim=-1)
+    image = F.normalize(e[0] + 0.3 * e[1], dim=-1)[None]
+    assert zero_shot_predict(image, prompts, aggregate="max").tolist() == [0]
+    assert zero_shot_predict(image, prompts, aggregate="mean").tolist() == [1]
+    with pytest.raises(ValueError, match="aggregate"):
+        zero_shot_predict(image, prompts, aggregate="median")

@@ -213,7 +213,9 @@ def train(
     if progress and end > start:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=start, desc="train", leave=False)
+        # mininterval + refresh=False below: a fast loop must not flood a notebook with
+        # thousands of widget updates (nbval and browsers choke on them)
+        bar = tqdm(total=cfg.steps, initial=start, desc="train", leave=False, mininterval=0.5)
     t0 = time.perf_counter()
     model.train()
     for step in range(start, end):
@@ -250,7 +252,7 @@ def train(
             history.rows.append({"step": float(step), "lr": lr, **logs})
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.3f}")
+            bar.set_postfix(loss=f"{logs['loss']:.3f}", refresh=False)
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             _save(step + 1)
     if bar is not None:

@@ -41,6 +41,14 @@ ResizeMethod = Literal["bilinear", "bicubic"]
 # ----------------------------------------------------------------------------------------------
 
 
+def square_grid(n: int, hint: str = "grid") -> tuple[int, int]:
+    """``(side, side)`` for ``n`` positions on a square grid; a clear error for any other ``n``."""
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"{n} positions are not a square grid: pass {hint}=(h, w).")
+    return side, side
+
+
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     """Cut images into non-overlapping patches, row by row.
 
@@ -93,12 +101,8 @@ def resize_posemb(
         raise ValueError(f"posemb must be (1, N, width), got shape {tuple(posemb.shape)}")
     if method not in ("bilinear", "bicubic"):
         raise ValueError(f"method must be 'bilinear' or 'bicubic', got {method!r}")
-    n = posemb.shape[1]
     if old_grid is None:
-        side = math.isqrt(n)
-        if side * side != n:
-            raise ValueError(f"{n} positions are not a square grid: pass old_grid=(h, w).")
-        old_grid = (side, side)
+        old_grid = square_grid(posemb.shape[1], hint="old_grid")
     new_hw = (new_grid, new_grid) if isinstance(new_grid, int) else tuple(new_grid)
     if tuple(old_grid) == new_hw:
         return posemb

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pali3_edu.vit import square_grid
+
 
 def _to_hwc(image: Any) -> np.ndarray:
     """PIL image, uint8 array (H, W, 3), or tensor (3, H, W) in [-1, 1] → float array (H, W, 3) in [0, 1]."""
@@ -76,10 +78,7 @@ def plot_posemb_similarity(posemb: Any, grid: tuple[int, int] | None = None, tit
     pe = torch.as_tensor(pe).detach().cpu().float().reshape(-1, torch.as_tensor(pe).shape[-1])
     n = pe.shape[0]
     if grid is None:
-        side = math.isqrt(n)
-        if side * side != n:
-            raise ValueError(f"{n} positions are not a square grid: pass grid=(h, w).")
-        grid = (side, side)
+        grid = square_grid(n)
     gh, gw = grid
     unit = torch.nn.functional.normalize(pe, dim=-1)
     sim = (unit @ unit.T).reshape(n, gh, gw).numpy()

@@ -17,17 +17,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from pali3_edu.viz import to_hwc
+
 Direction = Literal["image→text", "text→image"]
-
-
-def _to_hwc(image: Any) -> np.ndarray:
-    """uint8 tensor (3, H, W), float tensor (3, H, W) in [-1, 1], or PIL image → float (H, W, 3) in [0, 1]."""
-    if isinstance(image, torch.Tensor):
-        t = image.detach().cpu()
-        t = t.float() / 255.0 if t.dtype == torch.uint8 else (t.float() + 1) / 2
-        return t.permute(1, 2, 0).clamp(0, 1).numpy()
-    arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
-    return arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32)
 
 
 def plot_training(history: Any, title: str = "SigLIP training"):
@@ -78,7 +70,7 @@ def plot_similarity_matrix(
                             left=0.42, right=0.98, top=0.9, bottom=0.03, hspace=0.05, wspace=0.05)
     for j in range(n_img):
         ax = fig.add_subplot(grid[0, j])
-        ax.imshow(_to_hwc(images[j]), interpolation="nearest")
+        ax.imshow(to_hwc(images[j]), interpolation="nearest")
         ax.axis("off")
     ax = fig.add_subplot(grid[1:, :])
     vmax = np.abs(sim).max() or 1.0
@@ -123,7 +115,7 @@ def show_retrieval(
         scores, top = sim[query].topk(min(k, sim.shape[1]))
         fig = plt.figure(figsize=(9, 0.5 + 0.45 * k + 0.5))
         ax = fig.add_axes([0.01, 0.05, 0.22, 0.85])
-        ax.imshow(_to_hwc(images[query]), interpolation="nearest")
+        ax.imshow(to_hwc(images[query]), interpolation="nearest")
         ax.set_title(f"query image {query}", fontsize=9)
         ax.axis("off")
         ax = fig.add_axes([0.26, 0.05, 0.73, 0.85])
@@ -140,7 +132,7 @@ def show_retrieval(
     fig, axes = plt.subplots(1, len(top), figsize=(1.9 * len(top), 2.6))
     axes = np.atleast_1d(axes)
     for r, (ax, s, i) in enumerate(zip(axes, scores.tolist(), top.tolist())):
-        ax.imshow(_to_hwc(images[i]), interpolation="nearest")
+        ax.imshow(to_hwc(images[i]), interpolation="nearest")
         ok = _correct(rel_t, query, i)
         ax.set_title(f"{r + 1}. {'✓' if ok else '✗'} {s:+.3f}", fontsize=9, color="green" if ok else "black")
         ax.axis("off")

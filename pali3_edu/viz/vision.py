@@ -9,25 +9,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 
+from pali3_edu.viz import to_hwc
+
 from pali3_edu.vit import square_grid
-
-
-def _to_hwc(image: Any) -> np.ndarray:
-    """PIL image, uint8 array (H, W, 3), or tensor (3, H, W) in [-1, 1] → float array (H, W, 3) in [0, 1]."""
-    if isinstance(image, torch.Tensor):
-        t = image.detach().cpu().float()
-        if t.ndim == 4:
-            t = t[0]
-        if t.ndim != 3 or t.shape[0] not in (1, 3):
-            raise ValueError(f"Expected a (3, H, W) tensor, got shape {tuple(image.shape)}")
-        return ((t.permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1)
-    arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    return arr.astype(np.float32).clip(0, 1)
 
 
 def show_patches(image: Any, patch: int, max_patches: int = 64, title: str | None = None):
@@ -35,7 +21,7 @@ def show_patches(image: Any, patch: int, max_patches: int = 64, title: str | Non
     Right: the first ``max_patches`` patches as the sequence the transformer reads. Returns the figure."""
     import matplotlib.pyplot as plt
 
-    img = _to_hwc(image)
+    img = to_hwc(image)
     h, w = img.shape[:2]
     if h % patch or w % patch:
         raise ValueError(f"Image {h}x{w} is not divisible by patch {patch}.")

@@ -295,11 +295,6 @@ def class_prompts(attribute: Literal["shape", "color"], style: Literal["ensemble
     return {c: [f"a {z} {c} {s}" for z in SIZES for s in SHAPES] for c in classes}
 
 
-def class_embeddings(model: SigLIP, tokenizer: Any, prompts: dict[str, list[str]]) -> Tensor:
-    """One L2-normalised embedding per class ``(classes, D)``: the mean of its prompts' embeddings."""
-    return torch.nn.functional.normalize(prompt_embeddings(model, tokenizer, prompts).mean(1), dim=-1)
-
-
 def prompt_embeddings(model: SigLIP, tokenizer: Any, prompts: dict[str, list[str]]) -> Tensor:
     """Every prompt's L2-normalised embedding, ``(classes, prompts, D)`` (equal prompt counts)."""
     counts = {len(texts) for texts in prompts.values()}
@@ -586,7 +581,7 @@ def batch_size_sweep(
 
 __all__ = [
     "CaptionPairs", "EvalSet", "RECIPES", "SigLIPRecipe", "SweepSettings", "batch_size_sweep",
-    "checkpoint_path", "class_embeddings", "class_prompts", "prompt_embeddings", "contrastive_loss_fn", "embed_images",
+    "checkpoint_path", "class_prompts", "prompt_embeddings", "contrastive_loss_fn", "embed_images",
     "embed_texts", "get_recipe", "images_to_uint8", "load_caption_pairs", "load_eval_set",
     "load_or_train_siglip", "load_pretrained_siglip", "resume_path", "save_pretrained_siglip", "micro_siglip_config", "retrieval_metrics", "similarity_matrix",
     "tokenize_captions", "train_siglip", "uint8_to_pixels", "zero_shot_metrics",

@@ -11,9 +11,8 @@ from typing import Any
 
 import torch
 
-from pali3_edu.viz import to_hwc
-
 from pali3_edu.vit import square_grid
+from pali3_edu.viz import to_hwc
 
 
 def show_patches(image: Any, patch: int, max_patches: int = 64, title: str | None = None):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing as mp
+import os
 import re
 
 import numpy as np
 import pytest
 
+from pali3_edu import cache
 from pali3_edu.data import shapesworld as sw
 from pali3_edu.data.shapesworld import (
     COLORS,
@@ -208,7 +211,7 @@ def test_cache_reload_is_identical_and_keyed(tmp_path, monkeypatch):
     monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path))
     fresh = load_shapesworld("val", 12, word_prob=0.5, cache=False)
     first = load_shapesworld("val", 12, word_prob=0.5)
-    folders = sorted(p.name for p in (tmp_path / "shapesworld").iterdir())
+    folders = sorted(p.name for p in (tmp_path / "shapesworld").iterdir() if p.is_dir())
     assert len(folders) == 1 and sw.GENERATOR_VERSION in folders[0]
     again = load_shapesworld("val", 12, word_prob=0.5)
     assert len(again) == 12
@@ -220,7 +223,7 @@ def test_cache_reload_is_identical_and_keyed(tmp_path, monkeypatch):
     load_shapesworld("val", 12, word_prob=0.4)
     monkeypatch.setattr(sw, "GENERATOR_VERSION", "test-bump")
     load_shapesworld("val", 12, word_prob=0.5)
-    assert len(list((tmp_path / "shapesworld").iterdir())) == 3
+    assert len([p for p in (tmp_path / "shapesworld").iterdir() if p.is_dir()]) == 3
     assert sw.clear_cache() == 3 and not list((tmp_path / "shapesworld").iterdir())
 
 
@@ -273,3 +276,128 @@ def test_viz_smoke():
     out = draw_boxes(ds[0]["image"], [o["box"] for o in ds[0]["objects"]], ["x"] * len(ds[0]["objects"]))
     assert out.size == (256, 256) and out.getpixel((0, 0)) != (255, 255, 255)
     assert scene_browser(ds) is not None
+
+
+# --------------------------------------------------------------------------------------------
+# The on-disk cache: verified on load, rebuilt when damaged, safe with several processes
+# --------------------------------------------------------------------------------------------
+
+
+def _digest(ds) -> str:
+    """One hash over every pixel and every other field of a data set."""
+    h = hashlib.sha256()
+    for row in ds:
+        h.update(np.asarray(row["image"]).tobytes())
+        h.update(repr({k: v for k, v in row.items() if k != "image"}).encode())
+    return h.hexdigest()
+
+
+def _only_cache_folder(tmp_path):
+    folders = [p for p in (tmp_path / "shapesworld").iterdir() if p.is_dir()]
+    assert len(folders) == 1
+    return folders[0]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip64"])
+def test_damaged_cache_file_is_rebuilt_with_a_message(tmp_path, monkeypatch, capsys, damage):
+    """A truncated .arrow gave a raw pyarrow error on every load; 64 flipped bytes loaded fine and
+    then crashed (or silently changed images) while iterating. Both must be found before reading."""
+    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path))
+    want = _digest(load_shapesworld("val", 40, word_prob=0.5, cache=False))
+    load_shapesworld("val", 40, word_prob=0.5)
+    (arrow,) = _only_cache_folder(tmp_path).glob("*.arrow")
+    data = bytearray(arrow.read_bytes())
+    if damage == "truncate":
+        arrow.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        mid = len(data) // 2
+        data[mid:mid + 64] = bytes(b ^ 0xA5 for b in data[mid:mid + 64])
+        arrow.write_bytes(bytes(data))
+    capsys.readouterr()
+    ds = load_shapesworld("val", 40, word_prob=0.5)
+    err = capsys.readouterr().err
+    assert "ShapesWorld" in err and "damaged" in err and arrow.name in err and "rebuilding" in err
+    assert _digest(ds) == want
+    capsys.readouterr()
+    assert _digest(load_shapesworld("val", 40, word_prob=0.5)) == want  # now intact: no message
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("leftover", ["no_manifest", "empty_folder"])
+def test_old_or_half_written_cache_folder_is_rebuilt(tmp_path, monkeypatch, capsys, leftover):
+    """Caches written before manifests existed, or an empty folder left by a crash."""
+    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path))
+    cfg = ShapesWorldConfig()
+    folder = tmp_path / "shapesworld" / f"{cfg.key()}-test-n5"
+    if leftover == "no_manifest":
+        sw.build_dataset("train", 5, cfg).save_to_disk(str(folder))  # right key, wrong scenes
+    else:
+        folder.mkdir(parents=True)
+    ds = load_shapesworld("test", 5)
+    assert "manifest.json is missing" in capsys.readouterr().err
+    assert _digest(ds) == _digest(load_shapesworld("test", 5, cache=False))
+
+
+def _concurrent_load_worker(data: str, out: str, barrier) -> None:
+    """Child process: start together with the others, load the same data set, record what it got."""
+    os.environ["PALI3_EDU_DATA"] = data
+    build = sw.build_dataset
+
+    def logged_build(*args, **kwargs):
+        with open(os.path.join(data, "builds.log"), "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return build(*args, **kwargs)
+
+    sw.build_dataset = logged_build
+    barrier.wait(timeout=120)
+    ds = load_shapesworld("train", 60, word_prob=0.5)
+    with open(out, "w") as f:
+        f.write(_digest(ds))
+
+
+def test_four_processes_loading_the_same_cache_at_once(tmp_path):
+    """Used to race: one writer's rmtree deleted another's finished copy (FileNotFoundError)."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    outs = [tmp_path / f"digest{i}.txt" for i in range(4)]
+    procs = [ctx.Process(target=_concurrent_load_worker, args=(str(tmp_path), str(o), barrier)) for o in outs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    digests = {o.read_text() for o in outs}
+    assert digests == {_digest(load_shapesworld("train", 60, word_prob=0.5, cache=False))}
+    builds = (tmp_path / "builds.log").read_text().split()
+    if cache.fcntl is not None:  # with an OS lock exactly one process builds, the others wait
+        assert len(builds) == 1
+    assert sorted(p.name for p in (tmp_path / "shapesworld").iterdir() if p.is_dir()) == [
+        f"{ShapesWorldConfig(word_prob=0.5).key()}-train-n60"]  # no temporary copies left
+
+
+def test_unwritable_data_folder_fails_before_generating(tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("a regular file: nothing can be created below it")
+    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path / "afile" / "data"))
+    monkeypatch.setattr(sw, "build_dataset", lambda *a, **k: pytest.fail("generated before checking"))
+    with pytest.raises(PermissionError, match=r"afile/data.*PALI3_EDU_DATA to a folder you can write"):
+        load_shapesworld("val", 4)
+
+
+def test_fingerprint_changes_with_everything_that_changes_the_output(monkeypatch):
+    base = sw.shapesworld_fingerprint()
+    assert sw.GENERATOR_VERSION in base and base == sw.shapesworld_fingerprint()
+    assert sw.shapesworld_fingerprint(rendering=False) == f"shapesworld-v{sw.GENERATOR_VERSION}"
+    assert "pillow" in base and "font" in base  # the renderer decides the exact pixels
+    assert sw.shapesworld_fingerprint(ShapesWorldConfig()) != sw.shapesworld_fingerprint(
+        ShapesWorldConfig(word_prob=0.4))
+    monkeypatch.setattr(sw, "GENERATOR_VERSION", "test-bump")
+    assert sw.shapesworld_fingerprint() != base
+
+
+def test_clear_cache_removes_locks_and_leftovers(tmp_path, monkeypatch):
+    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path))
+    load_shapesworld("val", 3)
+    root = tmp_path / "shapesworld"
+    (root / f".{ShapesWorldConfig().key()}-val-n3{cache.TMP_MARKER}1-dead").mkdir()  # a killed build
+    assert any(p.name.endswith(".lock") for p in root.iterdir())
+    assert sw.clear_cache() == 1 and list(root.iterdir()) == []

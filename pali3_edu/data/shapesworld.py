@@ -26,6 +26,7 @@ import math
 import os
 import random
 import shutil
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -718,6 +719,55 @@ def _png_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def _save_quietly(ds, folder: Path) -> None:
+    """``ds.save_to_disk(folder)`` without a progress bar (keeps notebook outputs clean)."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        ds.save_to_disk(str(folder))
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+@lru_cache(maxsize=1)
+def _renderer_fingerprint() -> str:
+    """Pillow and FreeType versions plus a hash of the font: what turns a scene into pixels."""
+    import hashlib
+
+    import PIL
+    from PIL import features
+
+    try:
+        with open(font_path(), "rb") as f:
+            font = hashlib.sha256(f.read()).hexdigest()[:12]
+    except OSError:
+        font = "missing"
+    freetype = features.version("freetype2") or "none"
+    return f"pillow{PIL.__version__}-freetype{freetype}-font{font}"
+
+
+def shapesworld_fingerprint(cfg: ShapesWorldConfig | None = None, *, rendering: bool = True) -> str:
+    """A string that changes whenever ShapesWorld's output could change; fold it into your own keys.
+
+    It holds ``GENERATOR_VERSION`` (scenes and texts), the parameters of ``cfg`` if given, and with
+    ``rendering=True`` the renderer (Pillow and FreeType versions, a hash of the font file), since
+    those decide the exact pixels. A recipe that only uses the *texts* (e.g. tokenizer training)
+    passes ``rendering=False``; one trained on images keeps the default.
+
+        >>> shapesworld_fingerprint(rendering=False)
+        'shapesworld-v1.1'
+    """
+    parts = [f"shapesworld-v{GENERATOR_VERSION}"]
+    if cfg is not None:
+        parts.append(cfg.key().split("-", 1)[1])  # the key without its version prefix
+    if rendering:
+        parts.append(_renderer_fingerprint())
+    return "-".join(parts)
+
+
 def load_shapesworld(
     split: str = "train",
     num_scenes: int = 1000,
@@ -737,9 +787,13 @@ def load_shapesworld(
     Scene ``i`` of a split has seed ``SPLIT_SEEDS[split] + i``, so a longer data set extends a
     shorter one. The cache key holds the generator version and every parameter; with
     ``cache=False`` nothing is read or written.
+
+    The cache is safe to share: it is checked against its SHA-256 manifest before it is read (a
+    damaged copy is rebuilt with a printed message), and when several processes ask for the same
+    data set at once one builds it while the others wait (see ``pali3_edu.cache``).
     """
     _check_split(split)
-    if not isinstance(num_scenes, int) or num_scenes < 1:
+    if isinstance(num_scenes, bool) or not isinstance(num_scenes, int) or num_scenes < 1:
         raise ValueError(f"num_scenes must be a positive int, got {num_scenes!r}")
     cfg = ShapesWorldConfig(image_size=image_size, min_objects=min_objects, max_objects=max_objects,
                             word_prob=word_prob)
@@ -748,43 +802,50 @@ def load_shapesworld(
 
     from datasets import load_from_disk
 
+    from pali3_edu.cache import build_or_load_dir
     from pali3_edu.utils import data_dir
 
     key = f"{cfg.key()}-{split}-n{num_scenes}"
-    root = data_dir("shapesworld")
-    path = root / key
-    if (path / "dataset_info.json").exists():
-        return load_from_disk(str(path))
-    ds = build_dataset(split, num_scenes, cfg)
-    tmp = root / f".{key}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    import datasets
+    path = data_dir("shapesworld") / key
+    name = f"ShapesWorld data set {split!r} with {num_scenes} scenes"
+    meta = {"fingerprint": shapesworld_fingerprint(cfg), "split": split, "num_scenes": num_scenes}
 
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # keep notebook outputs clean: this takes a second
+    def build(tmp: Path) -> None:
+        _save_quietly(build_dataset(split, num_scenes, cfg), tmp)
+
+    build_or_load_dir(path, build, name=name, meta=meta)
     try:
-        ds.save_to_disk(str(tmp))
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
-    shutil.rmtree(path, ignore_errors=True)  # an empty or half-written folder from a crash
-    try:
-        os.replace(tmp, path)
-    except OSError:  # another process won the race: use its copy
-        shutil.rmtree(tmp, ignore_errors=True)
-    return load_from_disk(str(path))
+        return load_from_disk(str(path))
+    except Exception as e:  # intact bytes that this `datasets` cannot read: build them again
+        print(f"The cached {name} in {path} could not be read ({type(e).__name__}: {e}); "
+              "rebuilding it.", file=sys.stderr, flush=True)
+        build_or_load_dir(path, build, name=name, meta=meta, rebuild=True)
+        return load_from_disk(str(path))
 
 
 def clear_cache() -> int:
-    """Delete every cached ShapesWorld data set; returns how many were removed."""
+    """Delete every cached ShapesWorld data set; returns how many were removed.
+
+    Also removes the ``<key>.lock`` files and any temporary folders left by interrupted builds.
+    Each data set is removed while holding its lock, and renamed away before it is deleted, so a
+    process that is reading or building at the same time never sees a half-deleted folder.
+    """
+    from pali3_edu.cache import LOCK_SUFFIX, discard_dir, file_lock, lock_path
     from pali3_edu.utils import data_dir
 
     root = Path(data_dir("shapesworld"))
     removed = 0
-    for p in root.iterdir():
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
+    for p in sorted(root.iterdir()):
+        if p.name.startswith(".") or not p.is_dir():
+            continue
+        with file_lock(lock_path(p)):
+            discard_dir(p)
             removed += 1
+    for p in root.iterdir():  # lock files and leftovers of interrupted builds
+        if p.is_dir() and p.name.startswith("."):
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.endswith(LOCK_SUFFIX) or p.name.startswith("."):
+            p.unlink(missing_ok=True)
     return removed
 
 

@@ -74,14 +74,15 @@ def test_frozen_params_stay_put():
 
 
 def test_corrupt_checkpoint_gives_clear_error(tmp_path):
-    path = tmp_path / "bad.pt"
+    path = tmp_path / "bad"
     save_checkpoint(path, _model(), step=3)
-    path.write_bytes(path.read_bytes()[:50])  # truncated, as after a crash mid-copy
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])  # truncated, as after a crash mid-copy
     with pytest.raises(CheckpointError, match="corrupt or incomplete"):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="No checkpoint"):
-        load_checkpoint(tmp_path / "missing.pt")
-    other = tmp_path / "other.pt"
+        load_checkpoint(tmp_path / "missing")
+    other = tmp_path / "other"
     save_checkpoint(other, nn.Linear(3, 3))
     with pytest.raises(CheckpointError, match="does not fit"):
         load_checkpoint(other, _model())

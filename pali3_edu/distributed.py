@@ -1,0 +1,222 @@
+"""Data parallelism for the training loop: one process per device, each on its share of the batch.
+
+``torchrun --nproc_per_node=N script.py`` starts N copies of the same script. Each copy reads
+who it is from the environment (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``) and joins a *process
+group* so the copies can exchange tensors. :func:`pali3_edu.train.train` then
+
+- gives every rank a contiguous slice of the global batch (:func:`shard_batch`),
+- wraps the model so gradients are averaged over ranks after ``backward``: ``"ddp"``
+  (:class:`~torch.nn.parallel.DistributedDataParallel`, every rank holds all weights) or
+  ``"fsdp"`` (FSDP2 :func:`~torch.distributed.fsdp.fully_shard`, every rank holds a shard of
+  each weight, gathered just in time for the forward and backward pass),
+- skips that averaging on all but the last micro-batch of an accumulated step
+  (:func:`gradient_sync`), since only the sum of all micro-batches is needed.
+
+Because the loss is a mean over rows and every rank holds the same number of rows, the average
+of the ranks' gradients equals the gradient of one process on the whole batch: N processes
+train the same model as one, only faster.
+
+With one process (``WORLD_SIZE`` unset) everything here is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+Parallel = Literal["none", "ddp", "fsdp"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Who this process is: ``rank`` (0..world_size-1), ``local_rank`` (device index on this
+    machine) and ``world_size`` (number of processes)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes checkpoints, prints and shows the progress bar."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_info() -> DistInfo:
+    """Rank, local rank and world size: from the process group if one is running, else from
+    the ``torchrun`` environment variables, else a single process."""
+    if dist.is_available() and dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+        return DistInfo(dist.get_rank(), local, dist.get_world_size())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return DistInfo(rank, int(os.environ.get("LOCAL_RANK", rank)), world)
+
+
+def setup_distributed(device: torch.device | str | None = None) -> DistInfo:
+    """Join the process group when started by ``torchrun`` with more than one process (``nccl``
+    on CUDA, ``gloo`` on CPU) unless it is already initialised. Returns :func:`dist_info`."""
+    info = dist_info()
+    if info.world_size > 1 and not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+        if use_cuda:
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        info = dist_info()
+    return info
+
+
+def default_device(info: DistInfo) -> torch.device:
+    """``cuda:<local rank>`` under ``torchrun`` on a GPU machine, else :func:`pick_device`."""
+    from pali3_edu.utils import pick_device
+
+    device = pick_device()
+    if device.type == "cuda" and info.distributed:
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
+def shard_batch(batch: Any, rank: int, world_size: int) -> Any:
+    """Rows ``rank*B/W .. (rank+1)*B/W`` of every tensor in ``batch`` (dim 0 is the batch).
+
+    ``batch`` is a tensor or a dict/list/tuple of them; non-tensors are passed through.
+    """
+    if world_size == 1:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        rows = batch.shape[0]
+        if rows % world_size:
+            raise ValueError(
+                f"The global batch has {rows} rows, which {world_size} processes cannot share "
+                f"equally. Use a batch size divisible by {world_size}."
+            )
+        share = rows // world_size
+        return batch[rank * share:(rank + 1) * share]
+    if isinstance(batch, dict):
+        return {k: shard_batch(v, rank, world_size) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(shard_batch(v, rank, world_size) for v in batch)
+    return batch
+
+
+def batch_rows(batch: Any) -> int | None:
+    """Number of rows (dim 0) of the first tensor found in ``batch`` (None if it holds none)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.ndim else None
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for v in values:
+        rows = batch_rows(v)
+        if rows is not None:
+            return rows
+    return None
+
+
+def wrap_model(model: nn.Module, parallel: Parallel, device: torch.device) -> nn.Module:
+    """``model`` ready for data parallelism (already on ``device``).
+
+    ``"ddp"`` returns a :class:`~torch.nn.parallel.DistributedDataParallel` around it;
+    ``"fsdp"`` shards each child (or each module of ``model.fsdp_units()`` when the model
+    defines it, e.g. the transformer blocks) and then the root with FSDP2, and returns
+    ``model`` itself. ``"none"`` returns ``model``.
+    """
+    if parallel == "none":
+        return model
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            f"parallel={parallel!r} needs a process group: start the script with "
+            "`torchrun --nproc_per_node=N script.py` (or use parallel='none')."
+        )
+    if parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        units = list(model.fsdp_units()) if hasattr(model, "fsdp_units") else list(model.children())
+        for unit in units:
+            if any(p.numel() for p in unit.parameters()):
+                fully_shard(unit)
+        fully_shard(model)
+        return model
+    raise ValueError(f"parallel must be 'none', 'ddp' or 'fsdp', got {parallel!r}")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (FSDP2 shards the module in place, so it is itself).
+
+    Loss functions receive the wrapped model; call ``unwrap(model).config`` to read attributes.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@contextmanager
+def gradient_sync(model: nn.Module, parallel: Parallel, enabled: bool) -> Iterator[None]:
+    """Inside this block, ``backward`` averages gradients over ranks only if ``enabled``.
+
+    The loop disables it on all but the last micro-batch of an accumulated step: gradients of
+    the earlier micro-batches just add up locally, and one exchange at the end carries them all.
+    """
+    if parallel == "ddp" and not enabled:
+        with model.no_sync():
+            yield
+    elif parallel == "fsdp":
+        model.set_requires_gradient_sync(enabled)
+        yield
+    else:
+        with nullcontext():
+            yield
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of ``t`` over all ranks (``t`` itself with one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= dist.get_world_size()
+    return t
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Max of ``t`` over all ranks (``t`` itself with one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing with one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` from rank ``src`` on every rank (``obj`` itself with one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+    return obj
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` with one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]

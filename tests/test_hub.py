@@ -100,3 +100,51 @@ def test_errors_and_registry():
     with pytest.raises(ValueError, match="coco_captions, vqav2, textvqa, refcoco"):
         hub.load_hub("imagenet")
     assert hub.xywh_to_yxyx([0, 0, 300, 300], 100, 100) == [0.0, 0.0, 1.0, 1.0]  # clipped
+
+
+def test_refcoco_single_string_expression_is_not_split_into_letters():
+    feats = Features({"image": Image(), "bbox": List(Value("float32")), "answer": Value("string")})
+    ds = Dataset.from_list([{"image": _img(200, 100), "bbox": [20, 10, 50, 80], "answer": " man on left "}],
+                           features=feats)
+    out = hub.map_refcoco(ds)[0]
+    assert out["captions"] == ["man on left"] and out["objects"][0]["label"] == "man on left"
+
+
+def test_answers_given_as_plain_strings_or_missing():
+    rows = [{"image": _img(4, 4), "question": "what?", "answers": ["a", "b", "a"]},
+            {"image": _img(4, 4), "question": "and?", "answers": None}]
+    qa = [r["qa"][0] for r in hub.map_vqav2(Dataset.from_list(rows))]
+    assert qa[0]["answer"] == "a" and qa[0]["answers"] == ["a", "b", "a"]
+    assert qa[1]["answer"] == "" and qa[1]["answers"] == []
+
+
+def test_bad_inputs_get_errors_that_say_what_to_do(monkeypatch):
+    from datasets import DatasetDict
+
+    one = Dataset.from_list([{"image": _img(4, 4), "question": "q?"}])
+    with pytest.raises(TypeError, match=r"DatasetDict.*pass one split, e.g. ds\['validation'\]"):
+        hub.map_vqav2(DatasetDict({"validation": one}))
+    with pytest.raises(TypeError, match="Expected a datasets.Dataset"):
+        hub.map_textvqa([{"image": _img(4, 4), "question": "q?"}])
+    with pytest.raises(ValueError, match=r"4 numbers \[x, y, width, height\]"):
+        hub.xywh_to_yxyx([1, 2, 3], 10, 10)
+    with pytest.raises(ValueError, match="Image size must be positive"):
+        hub.xywh_to_yxyx([1, 2, 3, 4], 0, 10)
+    feats = Features({"image": Image(), "bbox": List(Value("float32")), "answer": List(Value("string"))})
+    short = Dataset.from_list([{"image": _img(8, 8), "bbox": [1, 2, 3], "answer": ["x"]}], features=feats)
+    with pytest.raises(ValueError, match="4 numbers"):
+        hub.map_refcoco(short)
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'lmms-lab/VQAv2' on the Hub (LocalEntryNotFoundError)")
+
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", no_network)
+    for bad in (0, -5, 2.5, True):  # 0 used to mean "everything": the whole split was downloaded
+        with pytest.raises(ValueError, match="num_examples must be a positive int or None"):
+            hub.load_hub("vqav2", num_examples=bad)
+    with pytest.raises(ValueError, match="already slices"):
+        hub.load_hub("vqav2", split="validation[:10]", num_examples=5)
+    with pytest.raises(ConnectionError, match="needs internet.*HF_DATASETS_OFFLINE=1"):
+        hub.load_hub("vqav2", num_examples=5)

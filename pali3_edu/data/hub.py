@@ -59,6 +59,18 @@ def _empty(source: str, id_: Any) -> dict[str, Any]:
 
 
 def _require(ds, columns: list[str], source: str) -> None:
+    """Check that ``ds`` is one split of a data set with the source's columns; say what to do if not."""
+    from datasets import Dataset, DatasetDict
+
+    if isinstance(ds, DatasetDict):
+        raise TypeError(
+            f"Got a DatasetDict with splits {list(ds)}; pass one split, e.g. ds[{next(iter(ds), 'validation')!r}]."
+        )
+    if not isinstance(ds, Dataset):
+        raise TypeError(
+            f"Expected a datasets.Dataset with the columns of {source}, got {type(ds).__name__}. Load "
+            "one with datasets.load_dataset(..., split=...) (not streaming), or Dataset.from_list(rows)."
+        )
     missing = [c for c in columns if c not in ds.column_names]
     if missing:
         raise ValueError(
@@ -82,6 +94,8 @@ def _convert(ds, row_fn: Callable[[dict[str, Any], int], dict[str, Any]]):
 
 def _image_size(image: dict[str, Any]) -> tuple[int, int]:
     """(width, height) of an undecoded image (reads only the file header)."""
+    if not image or not (image.get("bytes") or image.get("path")):
+        raise ValueError("A row has no image (neither bytes nor a path); drop such rows before mapping.")
     if image.get("bytes"):
         with Image.open(io.BytesIO(image["bytes"])) as im:
             return im.size
@@ -133,12 +147,27 @@ def _most_common(answers: list[str]) -> str:
     return Counter(answers).most_common(1)[0][0] if answers else ""
 
 
+def _answer_texts(answers: Any) -> list[str]:
+    """Answer strings from ``[{answer, ...}]`` (VQAv2), ``[str]`` (TextVQA) or a single string."""
+    if answers is None:
+        return []
+    if isinstance(answers, str):
+        answers = [answers]
+    texts = []
+    for a in answers:
+        if isinstance(a, dict):
+            a = a.get("answer")
+        if isinstance(a, str) and a:
+            texts.append(a)
+    return texts
+
+
 def map_vqav2(ds, source: str = "lmms-lab/VQAv2"):
     """VQAv2 (one row per question) -> records with one QA pair carrying all 10 human answers."""
     _require(ds, ["image", "question"], source)
 
     def row_fn(row: dict[str, Any], idx: int) -> dict[str, Any]:
-        answers = [a["answer"] for a in (row.get("answers") or []) if a and a.get("answer") is not None]
+        answers = _answer_texts(row.get("answers"))
         answer = row.get("multiple_choice_answer") or _most_common(answers)
         rec = _empty(source, row.get("question_id", idx))
         rec["qa"] = [{"question": row["question"], "answer": answer or "",
@@ -153,7 +182,7 @@ def map_textvqa(ds, source: str = "lmms-lab/textvqa"):
     _require(ds, ["image", "question"], source)
 
     def row_fn(row: dict[str, Any], idx: int) -> dict[str, Any]:
-        answers = [a for a in (row.get("answers") or []) if a]
+        answers = _answer_texts(row.get("answers"))
         rec = _empty(source, row.get("question_id", idx))
         rec["qa"] = [{"question": row["question"], "answer": _most_common(answers),
                       "kind": "text", "answers": answers}]
@@ -164,6 +193,10 @@ def map_textvqa(ds, source: str = "lmms-lab/textvqa"):
 
 def xywh_to_yxyx(bbox: list[float], width: int, height: int) -> list[float]:
     """COCO pixel box ``[x, y, w, h]`` -> normalised ``[y0, x0, y1, x1]``, clipped to [0, 1]."""
+    if bbox is None or isinstance(bbox, (str, bytes)) or len(bbox) != 4:
+        raise ValueError(f"A COCO box is 4 numbers [x, y, width, height] in pixels, got {bbox!r}")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"Image size must be positive to normalise a box, got {width}x{height}")
     x, y, w, h = (float(v) for v in bbox)
     if w < 0 or h < 0:
         raise ValueError(f"COCO box {bbox} has a negative width or height")
@@ -181,7 +214,9 @@ def map_refcoco(ds, source: str = "lmms-lab/RefCOCO"):
 
     def row_fn(row: dict[str, Any], idx: int) -> dict[str, Any]:
         width, height = _image_size(row["image"])
-        expressions = [e.strip() for e in (row["answer"] or []) if e and e.strip()]
+        answer = row["answer"] or []
+        answer = [answer] if isinstance(answer, str) else answer  # one expression, not its letters
+        expressions = [e.strip() for e in answer if e and e.strip()]
         rec = _empty(source, row.get("question_id", idx))
         label = expressions[0] if expressions else "object"
         rec.update(caption=label, captions=expressions,
@@ -208,9 +243,24 @@ def load_hub(name: str, split: str = "validation", num_examples: int | None = No
     """
     if name not in HUB_DATASETS:
         raise ValueError(f"Unknown hub data set {name!r}. Choose one of: {', '.join(HUB_DATASETS)}")
+    if num_examples is not None and (isinstance(num_examples, bool) or not isinstance(num_examples, int)
+                                     or num_examples < 1):
+        raise ValueError(f"num_examples must be a positive int or None (all rows), got {num_examples!r}")
+    if not isinstance(split, str) or not split:
+        raise ValueError(f"split must be a split name such as 'validation', got {split!r}")
+    if num_examples is not None and "[" in split:
+        raise ValueError(f"split={split!r} already slices the rows; drop num_examples or the slice.")
     from datasets import load_dataset
 
     repo, mapper = HUB_DATASETS[name]
-    spec = f"{split}[:{num_examples}]" if num_examples else split
-    ds = load_dataset(repo, split=spec, **load_kwargs)
+    spec = split if num_examples is None else f"{split}[:{num_examples}]"
+    try:
+        ds = load_dataset(repo, split=spec, **load_kwargs)
+    except ConnectionError as e:
+        raise ConnectionError(
+            f"Could not download {repo} from the Hugging Face hub ({e}). load_hub needs internet "
+            "access the first time; afterwards the copy in the datasets cache is used (set "
+            "HF_DATASETS_OFFLINE=1 to use it without a connection). The course itself runs on "
+            "ShapesWorld, which needs no download."
+        ) from e
     return mapper(ds, source=repo)

@@ -1,32 +1,26 @@
-"""SigLIP pretraining on ShapesWorld: batches, a short training run, the checkpoint cache."""
-
-import dataclasses
+"""SigLIP pretraining on ShapesWorld (``pali3_edu.recipes.siglip``): batches, a short training
+run, retrieval. The cache itself is tested for every stage in ``test_recipes.py``."""
 
 import pytest
 import torch
 
 from pali3_edu.data.collate import images_to_batch
 from pali3_edu.data.shapesworld import COLORS, SHAPES, load_shapesworld
-from pali3_edu.siglip import SigLIP
-from pali3_edu.siglip_pretrain import (
+from pali3_edu.recipes.siglip import (
     CaptionPairs,
     EvalSet,
-    SigLIPRecipe,
     class_prompts,
     contrastive_loss_fn,
-    embed_images,
-    embed_texts,
+    get_recipe,
     images_to_uint8,
-    load_or_train_siglip,
-    load_pretrained_siglip,
     micro_siglip_config,
-    resume_path,
     retrieval_metrics,
+    summarize_sweep,
     train_siglip,
     uint8_to_pixels,
 )
+from pali3_edu.siglip import SigLIP
 from pali3_edu.tokenizer import course_tokenizer
-from pali3_edu.train import CheckpointError
 
 NUM_SCENES = 48
 
@@ -88,14 +82,14 @@ def test_batch_pairs_each_image_with_one_of_its_captions(pairs, tok):
 
 
 def test_a_few_steps_lower_the_loss(pairs, cfg):
-    recipe = SigLIPRecipe(model=cfg, batch_size=8, steps=40, lr=3e-3, warmup_steps=4, num_scenes=NUM_SCENES)
+    recipe = get_recipe("micro", **{"data.batch_size": 8, "steps": 40, "lr": 3e-3, "warmup_steps": 4})
     fixed = pairs.get_batch(10_000)  # a batch the run never trains on as such
 
     def loss_of(model):
         with torch.no_grad():
             return float(contrastive_loss_fn("sigmoid")(model, fixed)["loss"])
 
-    torch.manual_seed(recipe.seed)
+    torch.manual_seed(recipe.train.seed)
     before = loss_of(SigLIP(cfg).eval())
     model, history = train_siglip(recipe, pairs)
     after = loss_of(model.eval())
@@ -105,42 +99,18 @@ def test_a_few_steps_lower_the_loss(pairs, cfg):
 
 
 def test_softmax_loss_trains_too(pairs, cfg):
-    recipe = SigLIPRecipe(model=cfg, batch_size=8, steps=25, lr=3e-3, warmup_steps=3, loss="softmax")
+    recipe = get_recipe("micro", **{"data.batch_size": 8, "steps": 25, "lr": 3e-3, "warmup_steps": 3,
+                                    "data.loss": "softmax"})
     _, history = train_siglip(recipe, pairs)
     assert history.losses[-1] < history.losses[0] < 2.5  # ln 8 ≈ 2.08 at start
 
 
-def test_load_or_train_caches_and_reloads(tmp_path, cfg, scenes):
-    recipe = SigLIPRecipe(model=cfg, num_scenes=NUM_SCENES, batch_size=8, steps=6, warmup_steps=2)
-    path = tmp_path / "siglip-micro.pt"
-    model, tok, info = load_or_train_siglip("micro", recipe=recipe, checkpoint=path, device="cpu", progress=False)
-    assert not info["loaded"] and path.exists()
-    assert not resume_path(path, recipe).exists()  # the in-progress file is cleaned up
-    assert len(info["history"].losses) >= 1
-
-    images = images_to_uint8(scenes["image"][:4], 32)
-    ids = torch.randint(3, 500, (4, cfg.text.max_len))
-    ids[:, -1] = tok.eos_id
-    again, _, info2 = load_or_train_siglip("micro", recipe=recipe, checkpoint=path, device="cpu")
-    assert info2["loaded"] and info2["step"] == 6
-    torch.testing.assert_close(embed_images(again, images), embed_images(model, images))
-    torch.testing.assert_close(embed_texts(again, ids), embed_texts(model, ids))
-    assert info2["history"].losses == info["history"].losses
-
-    # a file from another recipe is refused by the loader (and retrained over by load_or_train)
-    other = dataclasses.replace(recipe, lr=5e-4)
-    with pytest.raises(CheckpointError, match="another recipe"):
-        load_pretrained_siglip(path, other)
-
-
-def test_corrupt_checkpoint_gives_a_clear_error(tmp_path, cfg):
-    recipe = SigLIPRecipe(model=cfg, num_scenes=NUM_SCENES, batch_size=8, steps=2, warmup_steps=1)
-    path = tmp_path / "siglip-broken.pt"
-    path.write_bytes(b"PK\x03\x04 this is not a torch checkpoint")
-    with pytest.raises(CheckpointError, match="corrupt|Delete"):
-        load_or_train_siglip("micro", recipe=recipe, checkpoint=path, device="cpu", progress=False)
-    with pytest.raises(CheckpointError, match="No checkpoint"):
-        load_pretrained_siglip(tmp_path / "missing.pt", recipe)
+def test_sweep_summary_gives_mean_and_spread_over_seeds():
+    rows = [dict(loss="sigmoid", batch_size=8, seed=s, **{"i2t_r@1": v}) for s, v in enumerate((0.1, 0.2, 0.3))]
+    rows.append(dict(loss="softmax", batch_size=8, seed=0, **{"i2t_r@1": 0.5}))
+    summary = summarize_sweep(rows)
+    assert summary["sigmoid", 8] == pytest.approx((0.2, 0.1))
+    assert summary["softmax", 8] == (0.5, 0.0)
 
 
 def test_prompts_match_the_caption_style(scenes):

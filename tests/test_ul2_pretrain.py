@@ -1,4 +1,5 @@
-"""Tests for UL2 pretraining (``pali3_edu.ul2_pretrain``) on the ``micro`` recipe."""
+"""Tests for UL2 pretraining (``pali3_edu.recipes.ul2``) on the ``micro`` recipe. The cache
+itself is tested for every stage in ``test_recipes.py``."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import pytest
 import torch
 
 from pali3_edu.train import load_checkpoint
-from pali3_edu.ul2_pretrain import (
+from pali3_edu.recipes.ul2 import (
     UL2Data,
     build_model,
-    get_pretrain_config,
-    load_or_pretrain_ul2,
+    get_recipe,
     pack_chunks,
     pretrain_ul2,
     unigram_baseline,
@@ -40,7 +40,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def data(tok):
-    return UL2Data.build(tok, get_pretrain_config("micro"))
+    return UL2Data.build(tok, get_recipe("micro"))
 
 
 def test_chunks_are_packed_text(data, tok):
@@ -73,16 +73,15 @@ def test_val_batches_cover_each_denoiser(data, tok):
 
 
 def test_resume_equals_uninterrupted(tok, data, tmp_path):
-    cfg = get_pretrain_config("micro", steps=6, warmup_steps=2)
-    d = UL2Data(tok, cfg, data.train_chunks, data.val_chunks)
-    full = build_model(tok, cfg)
-    h_full = pretrain_ul2(full, d, checkpoint=tmp_path / "full.pt", progress=False, device="cpu")
-    part = build_model(tok, cfg)
-    pretrain_ul2(part, d, checkpoint=tmp_path / "part.pt", stop_after=3, progress=False,
+    recipe = get_recipe("micro", steps=6, warmup_steps=2)
+    full = build_model(recipe, tok)
+    h_full = pretrain_ul2(full, data, recipe, checkpoint=tmp_path / "full", progress=False, device="cpu")
+    part = build_model(recipe, tok)
+    pretrain_ul2(part, data, recipe, checkpoint=tmp_path / "part", stop_after=3, progress=False,
                  device="cpu")
-    assert load_checkpoint(tmp_path / "part.pt")["step"] == 3
-    resumed = build_model(tok, cfg)  # a "new process"
-    h_res = pretrain_ul2(resumed, d, checkpoint=tmp_path / "part.pt", progress=False,
+    assert load_checkpoint(tmp_path / "part")["step"] == 3
+    resumed = build_model(recipe, tok)  # a "new process"
+    h_res = pretrain_ul2(resumed, data, recipe, checkpoint=tmp_path / "part", progress=False,
                          device="cpu")
     assert h_res.resumed_from == 3
     for a, b in zip(full.parameters(), resumed.parameters()):
@@ -91,10 +90,10 @@ def test_resume_equals_uninterrupted(tok, data, tmp_path):
 
 
 def test_quick_loss_decrease(tok, data):
-    cfg = data.cfg  # micro: 60 steps
-    model = build_model(tok, cfg)
+    recipe = get_recipe("micro")  # 60 steps
+    model = build_model(recipe, tok)
     before = validation_losses(model, data, max_chunks=16)
-    history = pretrain_ul2(model, data, progress=False, device="cpu")
+    history = pretrain_ul2(model, data, recipe, progress=False, device="cpu")
     after = validation_losses(model, data, max_chunks=16)
     assert set(after) == set(before) and len(after) == 7
     assert all(math.isfinite(v) for v in after.values())
@@ -116,18 +115,3 @@ def test_unigram_baseline_is_sensible(data, tok):
     base = unigram_baseline(data, batches=5, max_chunks=16)
     assert len(base) == 7
     assert all(1.0 < v < math.log(tok.padded_vocab_size) for v in base.values())
-
-
-def test_load_or_pretrain_caches(tok, tmp_path, monkeypatch):
-    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path))
-    model, _, history = load_or_pretrain_ul2("micro", tokenizer=tok, progress=False,
-                                             device="cpu", steps=4, warmup_steps=1)
-    ckpts = list((tmp_path / "checkpoints").glob("ul2-micro*.pt"))
-    assert len(ckpts) == 1
-    again, _, h2 = load_or_pretrain_ul2("micro", tokenizer=tok, progress=False, device="cpu",
-                                        steps=4, warmup_steps=1)
-    assert h2.losses == history.losses and h2.resumed_from == 4
-    for a, b in zip(model.parameters(), again.parameters()):
-        assert torch.equal(a.cpu(), b)
-    with pytest.raises(ValueError, match="preset"):
-        load_or_pretrain_ul2("nope", tokenizer=tok)

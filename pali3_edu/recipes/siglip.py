@@ -11,20 +11,21 @@ The pieces, in the order the lesson uses them:
 3. **Evaluation** — :class:`EvalSet` (held-out scenes with their canonical captions),
    :func:`retrieval_metrics` (image→text and text→image recall@k) and
    :func:`zero_shot_metrics` (shape and colour classification from text prompts).
-4. **Cache** — :func:`load_or_train_siglip` returns the trained model of a recipe, loading
-   ``data/checkpoints/siglip-<name>.pt`` when it exists (later lessons start from it).
-5. **Batch-size sweep** — :func:`batch_size_sweep`, sigmoid vs softmax at several batch sizes,
-   with its results cached as JSON.
+4. **The stage** — named :class:`~pali3_edu.recipes.base.Recipe` presets (``tiny-cpu``,
+   ``micro``, ``small``) and :func:`load_or_train_siglip`, which returns the trained model of a
+   preset from the cache under ``data/runs/`` or trains it (later lessons start from it).
+5. **Batch-size sweep** — :func:`batch_size_sweep`, sigmoid vs softmax at several batch sizes and
+   seeds, all runs the same number of steps, with its results cached as JSON.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,16 +34,18 @@ from torch import Tensor
 
 from pali3_edu.config import SigLIPConfig, TextConfig, ViTConfig, get_config
 from pali3_edu.metrics import recall_at_k, zero_shot_accuracy
-from pali3_edu.siglip import SigLIP
-from pali3_edu.train import (
-    CheckpointError,
-    History,
-    TrainConfig,
-    load_checkpoint,
-    save_checkpoint,
-    train,
+from pali3_edu.recipes.base import (
+    Recipe,
+    Stage,
+    TrainedRun,
+    _jsonable,
+    load_or_train,
+    register_stage,
 )
-from pali3_edu.utils import data_dir, pick_device
+from pali3_edu.recipes.base import get_recipe as _get_recipe
+from pali3_edu.siglip import SigLIP
+from pali3_edu.train import History, TrainConfig, train
+from pali3_edu.utils import data_dir
 
 LossKind = Literal["sigmoid", "softmax"]
 
@@ -331,33 +334,18 @@ def zero_shot_metrics(
 
 
 # ---------------------------------------------------------------------------------------------
-# Recipes, the checkpoint cache, load_or_train_siglip
+# The stage: recipes and load_or_train_siglip
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclass
-class SigLIPRecipe:
-    """Everything that decides a pretraining run (its hash names the cached checkpoint's contents)."""
+class SigLIPData:
+    """The data and the objective of a SigLIP run."""
 
-    model: SigLIPConfig = field(default_factory=SigLIPConfig)
-    num_scenes: int = 4000
-    single_object_scenes: int = 0
+    num_scenes: int = 4000  # training scenes of 1–3 objects
+    single_object_scenes: int = 0  # extra scenes with one object (they force shapes apart)
     batch_size: int = 64
-    steps: int = 500
-    lr: float = 1e-3
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    loss: LossKind = "sigmoid"
-    seed: int = 0
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps,
-            weight_decay=self.weight_decay, seed=self.seed, log_every=10, checkpoint_every=100,
-        )
-
-    def fingerprint(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+    loss: LossKind = "sigmoid"  # "softmax": the CLIP loss, for comparison
 
 
 def micro_siglip_config(image_size: int = 32) -> SigLIPConfig:
@@ -369,25 +357,23 @@ def micro_siglip_config(image_size: int = 32) -> SigLIPConfig:
     )
 
 
-RECIPES: dict[str, SigLIPRecipe] = {
-    # lesson 04 on a 2-core CPU (about 2 minutes)
-    "tiny-cpu": SigLIPRecipe(model=get_config("siglip", "tiny-cpu"), steps=450, warmup_steps=45),
+def _recipe(preset: str, model: SigLIPConfig, data: SigLIPData, **train: Any) -> Recipe:
+    train = {"log_every": 10, "checkpoint_every": 100, **train}
+    return Recipe("siglip", preset, model, data, TrainConfig(**train))
+
+
+PRESETS: dict[str, Recipe] = {
+    # lesson 04 on a 2-core CPU (about 3 minutes)
+    "tiny-cpu": _recipe("tiny-cpu", get_config("siglip", "tiny-cpu"), SigLIPData(),
+                        steps=450, lr=1e-3, warmup_steps=45),
+    # tests: seconds
+    "micro": _recipe("micro", micro_siglip_config(32), SigLIPData(num_scenes=64, batch_size=16),
+                     steps=20, lr=1e-3, warmup_steps=2),
     # a GPU run of the same world at the "small" size
-    "small": SigLIPRecipe(model=get_config("siglip", "small"), num_scenes=20000, batch_size=256,
-                          steps=4000, lr=5e-4, warmup_steps=200),
+    "small": _recipe("small", get_config("siglip", "small"),
+                     SigLIPData(num_scenes=20000, batch_size=256),
+                     steps=4000, lr=5e-4, warmup_steps=200, amp_dtype="bf16"),
 }
-
-
-def get_recipe(name: str = "tiny-cpu", **overrides: Any) -> SigLIPRecipe:
-    """A copy of a named recipe with fields replaced by ``overrides``."""
-    if name not in RECIPES:
-        raise ValueError(f"No SigLIP pretraining recipe {name!r}; available: {', '.join(RECIPES)}")
-    return dataclasses.replace(RECIPES[name], **overrides)
-
-
-def checkpoint_path(name: str = "tiny-cpu") -> Path:
-    """Where the pretrained SigLIP of recipe ``name`` is cached: ``data/checkpoints/siglip-<name>.pt``."""
-    return data_dir("checkpoints") / f"siglip-{name}.pt"
 
 
 def _check_tokenizer(tokenizer: Any, cfg: SigLIPConfig) -> None:
@@ -399,113 +385,46 @@ def _check_tokenizer(tokenizer: Any, cfg: SigLIPConfig) -> None:
         )
 
 
-def resume_path(path: str | Path, recipe: SigLIPRecipe) -> Path:
-    """The in-progress checkpoint next to ``path`` (model + optimizer, written every 100 steps by
-    ``train``); named by the recipe's fingerprint so another recipe never resumes from it."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.{recipe.fingerprint()}.partial{path.suffix}")
+def build_model(recipe: Recipe, tokenizer: Any) -> SigLIP:
+    """A fresh SigLIP of the recipe's size, seeded with the recipe's seed."""
+    _check_tokenizer(tokenizer, recipe.model)
+    torch.manual_seed(recipe.train.seed)
+    return SigLIP(recipe.model)
 
 
-def save_pretrained_siglip(path: str | Path, model: SigLIP, recipe: SigLIPRecipe, history: History) -> Path:
-    """Write the finished model (no optimizer state) with its recipe and history; remove the
-    in-progress checkpoint."""
-    path = save_checkpoint(path, model, recipe=asdict(recipe), recipe_fingerprint=recipe.fingerprint(),
-                           history=asdict(history), step=recipe.steps)
-    resume_path(path, recipe).unlink(missing_ok=True)
-    return path
+def build_data(recipe: Recipe, tokenizer: Any) -> CaptionPairs:
+    d: SigLIPData = recipe.data
+    return load_caption_pairs(tokenizer, recipe.model, d.num_scenes, d.batch_size, recipe.train.seed,
+                              single_object_scenes=d.single_object_scenes)
 
 
-def load_pretrained_siglip(
-    path: str | Path, recipe: SigLIPRecipe, device: torch.device | str | None = None
-) -> tuple[SigLIP, dict[str, Any]]:
-    """Load a finished run of ``recipe`` from ``path``: ``(model in eval mode, info)``.
-
-    Raises :class:`~pali3_edu.train.CheckpointError` when the file is missing, damaged, or was
-    trained with another recipe (the message says what to do).
-    """
-    state = load_checkpoint(path)
-    if state.get("recipe_fingerprint") != recipe.fingerprint():
-        raise CheckpointError(
-            f"{path} was trained with another recipe ({state.get('recipe', 'unknown')}), not "
-            f"{asdict(recipe)}. Delete it, or call load_or_train_siglip(..., retrain=True)."
-        )
-    model = SigLIP(recipe.model)
-    load_checkpoint(path, model)
-    history = History(**state.get("history", {}))
-    info = dict(loaded=True, history=history, seconds=history.seconds, recipe=recipe,
-                checkpoint=Path(path), step=int(state.get("step", recipe.steps)))
-    return model.to(device or "cpu").eval(), info
+STAGE = register_stage(Stage(
+    name="siglip", presets=PRESETS, build_model=build_model, build_data=build_data,
+    loss_fn=lambda recipe: contrastive_loss_fn(recipe.data.loss),
+))
 
 
-def load_or_train_siglip(
-    preset: str = "tiny-cpu",
-    *,
-    recipe: SigLIPRecipe | None = None,
-    checkpoint: str | Path | None = None,
-    device: torch.device | str | None = None,
-    retrain: bool = False,
-    progress: bool = True,
-) -> tuple[SigLIP, Any, dict[str, Any]]:
-    """The pretrained SigLIP of a recipe: ``(model, tokenizer, info)``.
+def get_recipe(preset: str = "tiny-cpu", **overrides: Any) -> Recipe:
+    """A copy of a SigLIP recipe (``tiny-cpu``, ``micro``, ``small``) with ``overrides``."""
+    return _get_recipe("siglip", preset, **overrides)
 
-    Loads ``checkpoint`` (default ``data/checkpoints/siglip-<preset>.pt``) when it holds a
-    finished run of the same recipe; otherwise trains it (resuming an interrupted run) and saves
-    it there. ``info`` has ``"loaded"`` (bool), ``"history"`` (:class:`~pali3_edu.train.History`),
-    ``"seconds"`` (training time), ``"recipe"``, ``"checkpoint"`` and ``"step"``.
 
-    A damaged file raises :class:`~pali3_edu.train.CheckpointError` (delete it, or pass
-    ``retrain=True``); a finished run of *another* recipe is trained over.
-    """
+def load_or_train_siglip(preset: str = "tiny-cpu", **kwargs: Any) -> TrainedRun:
+    """The pretrained SigLIP of a preset: ``run.model``, ``run.tokenizer``, ``run.history``,
+    ``run.loaded`` (see :func:`pali3_edu.recipes.load_or_train`)."""
+    return load_or_train("siglip", preset, **kwargs)
+
+
+def train_siglip(recipe: Recipe, pairs: CaptionPairs | None = None, tokenizer: Any = None, *,
+                 device: torch.device | str | None = None, progress: bool = False) -> tuple[SigLIP, History]:
+    """Train a fresh model of ``recipe`` without any cache (the sweep and the tests use it)."""
     from pali3_edu.tokenizer import course_tokenizer
 
-    recipe = recipe or get_recipe(preset)
-    path = Path(checkpoint) if checkpoint is not None else checkpoint_path(preset)
-    tokenizer = course_tokenizer()
-    _check_tokenizer(tokenizer, recipe.model)
-    device = torch.device(device) if device is not None else pick_device()
-    if retrain:
-        path.unlink(missing_ok=True)
-        resume_path(path, recipe).unlink(missing_ok=True)
-    if path.exists():
-        state = load_checkpoint(path)  # CheckpointError if the file is damaged
-        if state.get("recipe_fingerprint") == recipe.fingerprint():
-            model, info = load_pretrained_siglip(path, recipe, device)
-            return model, tokenizer, info
-        print(f"{path.name} holds another recipe's model: training {preset!r} again.")
-        path.unlink()
-
-    pairs = load_caption_pairs(tokenizer, recipe.model, recipe.num_scenes, recipe.batch_size, recipe.seed,
-                               single_object_scenes=recipe.single_object_scenes)
-    torch.manual_seed(recipe.seed)
-    model = SigLIP(recipe.model)
-    history = train(model, contrastive_loss_fn(recipe.loss), pairs.get_batch, recipe.train_config(),
-                    checkpoint=resume_path(path, recipe), device=device, progress=progress)
-    save_pretrained_siglip(path, model, recipe, history)
-    info = dict(loaded=False, history=history, seconds=history.seconds,
-                recipe=recipe, checkpoint=path, step=recipe.steps)
-    return model.eval(), tokenizer, info
-
-
-def train_siglip(
-    recipe: SigLIPRecipe,
-    pairs: CaptionPairs | None = None,
-    tokenizer: Any = None,
-    *,
-    checkpoint: str | Path | None = None,
-    device: torch.device | str | None = None,
-    progress: bool = False,
-) -> tuple[SigLIP, History]:
-    """Train a fresh model of ``recipe`` (no cache unless ``checkpoint``); used by the sweep and tests."""
-    torch.manual_seed(recipe.seed)
-    model = SigLIP(recipe.model)
-    if pairs is None:
-        from pali3_edu.tokenizer import course_tokenizer
-
-        tokenizer = tokenizer or course_tokenizer()
-        pairs = load_caption_pairs(tokenizer, recipe.model, recipe.num_scenes, recipe.batch_size, recipe.seed,
-                               single_object_scenes=recipe.single_object_scenes)
-    history = train(model, contrastive_loss_fn(recipe.loss), pairs.get_batch, recipe.train_config(),
-                    checkpoint=checkpoint, device=device or "cpu", progress=progress)
+    tokenizer = tokenizer or course_tokenizer()
+    model = build_model(recipe, tokenizer)
+    pairs = pairs if pairs is not None else build_data(recipe, tokenizer)
+    history = train(model, contrastive_loss_fn(recipe.data.loss), pairs.get_batch, recipe.train,
+                    device=device or "cpu", progress=progress)
     return model, history
 
 
@@ -516,17 +435,18 @@ def train_siglip(
 
 @dataclass
 class SweepSettings:
-    """The batch-size sweep: every run sees the same number of examples (``examples_seen``),
-    so a batch of 8 takes 16× the steps of a batch of 128."""
+    """The batch-size sweep: every (loss, batch size, seed) run trains the same micro SigLIP for
+    the same number of **steps** (so a batch of 128 sees 16× the examples of a batch of 8: the
+    question is which loss makes better use of a batch of a given size), with a few seeds to show
+    the spread. ``base`` is the recipe every run starts from."""
 
     batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
     losses: tuple[str, ...] = ("sigmoid", "softmax")
-    examples_seen: int = 8192
-    num_scenes: int = 2000
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 300
     eval_scenes: int = 300
-    lr: float = 1e-3
-    image_size: int = 32
-    seed: int = 0
+    base: Recipe = field(default_factory=lambda: get_recipe(
+        "micro", **{"data.num_scenes": 2000, "train.lr": 2e-3, "train.warmup_steps": 30}))
 
 
 def batch_size_sweep(
@@ -535,54 +455,77 @@ def batch_size_sweep(
     cache: bool = True,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train one micro SigLIP per (loss, batch size) and measure held-out image→text R@1.
+    """Train one micro SigLIP per (loss, batch size, seed) and measure held-out image→text R@1.
 
-    Returns rows ``{loss, batch_size, steps, final_loss, i2t_r@1, t2i_r@1, seconds}``. The table is
-    cached in ``data/results/siglip-batch-sweep-<hash>.json`` (hash of the settings); it is
-    recomputed when missing.
+    Returns rows ``{loss, batch_size, seed, steps, final_loss, i2t_r@1, t2i_r@1, seconds}``. The
+    table is cached in ``data/results/siglip-batch-sweep-<hash>.json`` (hash of the settings and
+    of the versions the recipe depends on); it is recomputed when missing.
     """
     from pali3_edu.tokenizer import course_tokenizer
 
     settings = settings or SweepSettings()
-    key = hashlib.sha1(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:10]
+    identity = {"settings": _jsonable(settings), "versions": settings.base.versions()}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     path = data_dir("results") / f"siglip-batch-sweep-{key}.json"
     if cache and path.exists():
-        return json.loads(path.read_text())["rows"]
+        try:
+            return json.loads(path.read_text())["rows"]
+        except (ValueError, KeyError):
+            print(f"{path.name} is damaged: running the sweep again.")
 
-    cfg = micro_siglip_config(settings.image_size)
     tokenizer = course_tokenizer()
-    pairs = load_caption_pairs(tokenizer, cfg, settings.num_scenes, max(settings.batch_sizes), settings.seed)
-    val = load_eval_set(tokenizer, cfg, "val", settings.eval_scenes)
-    runs = [(loss, b) for loss in settings.losses for b in settings.batch_sizes]
+    base = settings.base
+    pairs = load_caption_pairs(tokenizer, base.model, base.data.num_scenes, max(settings.batch_sizes))
+    val = load_eval_set(tokenizer, base.model, "val", settings.eval_scenes)
+    runs = [(loss, b, seed) for loss in settings.losses for b in settings.batch_sizes for seed in settings.seeds]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(runs), desc="sweep", leave=False)
     rows = []
-    for loss, b in runs:
-        steps = max(1, settings.examples_seen // b)
-        recipe = SigLIPRecipe(model=cfg, num_scenes=settings.num_scenes, batch_size=b, steps=steps,
-                              lr=settings.lr, warmup_steps=max(1, steps // 10), loss=loss, seed=settings.seed)
-        pairs.batch_size = b
+    for loss, b, seed in runs:
+        recipe = base.replace(**{"data.loss": loss, "data.batch_size": b, "train.steps": settings.steps,
+                                 "train.seed": seed})
+        pairs.batch_size, pairs.seed = b, seed
         t0 = time.perf_counter()
-        model, history = train_siglip(recipe, pairs, device="cpu")
+        model, history = train_siglip(recipe, pairs, tokenizer, device="cpu")
         metrics = retrieval_metrics(model, val, ks=(1,))
-        rows.append(dict(loss=loss, batch_size=b, steps=steps, final_loss=history.losses[-1],
-                         **metrics, seconds=round(time.perf_counter() - t0, 2)))
+        rows.append(dict(loss=loss, batch_size=b, seed=seed, steps=settings.steps,
+                         final_loss=history.losses[-1], **metrics,
+                         seconds=round(time.perf_counter() - t0, 2)))
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     if cache:
-        path.write_text(json.dumps({"settings": asdict(settings), "rows": rows}, indent=1))
+        atomic_write_text(path, json.dumps({"identity": identity, "rows": rows}, indent=1))
     return rows
 
 
+def summarize_sweep(rows: list[dict[str, Any]], metric: str = "i2t_r@1") -> dict[tuple[str, int], tuple[float, float]]:
+    """``{(loss, batch_size): (mean, standard deviation over seeds)}`` of ``metric``."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["loss"], r["batch_size"]), []).append(r[metric])
+    out = {}
+    for k, v in groups.items():
+        t = torch.tensor(v, dtype=torch.float64)
+        out[k] = (float(t.mean()), float(t.std()) if len(v) > 1 else 0.0)
+    return out
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so a crash never leaves half a file."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 __all__ = [
-    "CaptionPairs", "EvalSet", "RECIPES", "SigLIPRecipe", "SweepSettings", "batch_size_sweep",
-    "checkpoint_path", "class_prompts", "prompt_embeddings", "contrastive_loss_fn", "embed_images",
-    "embed_texts", "get_recipe", "images_to_uint8", "load_caption_pairs", "load_eval_set",
-    "load_or_train_siglip", "load_pretrained_siglip", "resume_path", "save_pretrained_siglip", "micro_siglip_config", "retrieval_metrics", "similarity_matrix",
+    "CaptionPairs", "EvalSet", "PRESETS", "SigLIPData", "SweepSettings", "batch_size_sweep",
+    "class_prompts", "prompt_embeddings", "contrastive_loss_fn", "embed_images", "embed_texts",
+    "get_recipe", "images_to_uint8", "load_caption_pairs", "load_eval_set", "load_or_train_siglip",
+    "micro_siglip_config", "retrieval_metrics", "similarity_matrix", "summarize_sweep",
     "tokenize_captions", "train_siglip", "uint8_to_pixels", "zero_shot_metrics",
 ]

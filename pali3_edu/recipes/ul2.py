@@ -15,8 +15,9 @@ Pipeline (all deterministic):
 5. **validation** -- a fixed set of val chunks, corrupted once per denoiser, gives one loss per
    denoiser, next to a unigram baseline (the loss of always predicting the token frequencies).
 
-``load_or_pretrain_ul2("tiny-cpu")`` returns ``(model, tokenizer, history)`` and caches the
-checkpoint under ``data/checkpoints/``; the multimodal lessons start from it.
+``load_or_pretrain_ul2("tiny-cpu")`` returns the trained run (``model, tokenizer, history =
+run``) from the cache under ``data/runs/``, training it when it is missing or stale; the
+multimodal lessons start from it.
 """
 
 from __future__ import annotations
@@ -30,33 +31,24 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pali3_edu.config import get_config
-from pali3_edu.train import History, TrainConfig, load_checkpoint, train
+from pali3_edu.config import EncDecConfig, get_config
+from pali3_edu.encdec import EncoderDecoder
+from pali3_edu.recipes.base import Recipe, Stage, TrainedRun, load_or_train, register_stage
+from pali3_edu.recipes.base import get_recipe as _get_recipe
+from pali3_edu.tokens import IGNORE_INDEX
+from pali3_edu.train import History, TrainConfig, train
 from pali3_edu.ul2 import UL2Mixture, ul2_batch
-from pali3_edu.utils import data_dir
-
-# Bump when the recipe changes so that cached checkpoints are not silently reused.
-PRETRAIN_VERSION = "1"
-
 
 @dataclass
-class UL2PretrainConfig:
-    """Everything that defines a UL2 pretraining run (model size comes from ``model_preset``)."""
+class UL2DataSettings:
+    """The text and the denoisers of a UL2 run."""
 
-    model_preset: str = "tiny-cpu"  # an ``encdec`` preset
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # fields of EncDecConfig
-    train_scenes: int = 2000
+    train_scenes: int = 2000  # scenes whose descriptions make the training text
     val_scenes: int = 100
     chunk_len: int = 64  # raw tokens per example, before corruption
     batch_size: int = 32
-    steps: int = 400
-    lr: float = 3e-3
-    warmup_steps: int = 40
-    weight_decay: float = 0.01
-    seed: int = 0
-    # R 40 % / X 40 % / S 20 %: a documented default, the paper's proportions are unconfirmed
+    # R 40 % / X 40 % / S 20 %: a documented default, the paper's proportions are not published
     mixture_weights: tuple[float, ...] = field(default_factory=lambda: UL2Mixture().weights)
-    amp_dtype: str | None = None
 
     @property
     def max_input_len(self) -> int:
@@ -66,34 +58,31 @@ class UL2PretrainConfig:
     def max_target_len(self) -> int:
         return self.chunk_len + 1  # ... EOS
 
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps,
-                           weight_decay=self.weight_decay, seed=self.seed, log_every=10,
-                           amp_dtype=self.amp_dtype)  # type: ignore[arg-type]
+
+def _recipe(preset: str, model: EncDecConfig, data: UL2DataSettings, **train: Any) -> Recipe:
+    train = {"log_every": 10, "checkpoint_every": 100, "weight_decay": 0.01, **train}
+    return Recipe("ul2", preset, model, data, TrainConfig(**train))
 
 
-PRETRAIN_PRESETS: dict[str, UL2PretrainConfig] = {
+PRESETS: dict[str, Recipe] = {
     # the lessons' run: a few minutes on a 2-core CPU
-    "tiny-cpu": UL2PretrainConfig(),
+    "tiny-cpu": _recipe("tiny-cpu", get_config("encdec", "tiny-cpu"), UL2DataSettings(),
+                        steps=400, lr=3e-3, warmup_steps=40),
     # for tests: a micro model and little text, seconds
-    "micro": UL2PretrainConfig(
-        model_overrides=dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
-                             num_heads=4),
-        train_scenes=60, val_scenes=10, chunk_len=24, batch_size=8, steps=60, lr=1e-2,
-        warmup_steps=5),
+    "micro": _recipe("micro", get_config("encdec", "tiny-cpu", d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                                         num_decoder_layers=2, num_heads=4),
+                     UL2DataSettings(train_scenes=60, val_scenes=10, chunk_len=24, batch_size=8),
+                     steps=60, lr=1e-2, warmup_steps=5),
     # one GPU: the ``small`` encoder-decoder, more text, longer chunks
-    "small": UL2PretrainConfig(model_preset="small", train_scenes=20000, val_scenes=500,
-                               chunk_len=128, batch_size=128, steps=3000, lr=2e-3,
-                               warmup_steps=200, amp_dtype="bf16"),
+    "small": _recipe("small", get_config("encdec", "small"),
+                     UL2DataSettings(train_scenes=20000, val_scenes=500, chunk_len=128, batch_size=128),
+                     steps=3000, lr=2e-3, warmup_steps=200, amp_dtype="bf16"),
 }
 
 
-def get_pretrain_config(name: str = "tiny-cpu", **overrides: Any) -> UL2PretrainConfig:
-    """A copy of a pretraining preset (``tiny-cpu``, ``micro``, ``small``) with overrides."""
-    if name not in PRETRAIN_PRESETS:
-        raise ValueError(f"No UL2 pretraining preset {name!r}; choose one of "
-                         f"{sorted(PRETRAIN_PRESETS)}.")
-    return dataclasses.replace(PRETRAIN_PRESETS[name], **overrides)
+def get_recipe(preset: str = "tiny-cpu", **overrides: Any) -> Recipe:
+    """A copy of a UL2 recipe (``tiny-cpu``, ``micro``, ``small``) with ``overrides``."""
+    return _get_recipe("ul2", preset, **overrides)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,15 +118,17 @@ class UL2Data:
     """Packed train/val chunks and the batch maker for one pretraining run."""
 
     tokenizer: Any
-    cfg: UL2PretrainConfig
+    cfg: UL2DataSettings
+    seed: int
     train_chunks: torch.Tensor  # (num_train_chunks, chunk_len)
     val_chunks: torch.Tensor  # (num_val_chunks, chunk_len)
 
     @classmethod
-    def build(cls, tokenizer, cfg: UL2PretrainConfig) -> UL2Data:
+    def build(cls, tokenizer, recipe: Recipe) -> UL2Data:
+        cfg: UL2DataSettings = recipe.data
         train = pack_chunks(token_stream(tokenizer, cfg.train_scenes, "train"), cfg.chunk_len)
         val = pack_chunks(token_stream(tokenizer, cfg.val_scenes, "val"), cfg.chunk_len)
-        return cls(tokenizer, cfg, train, val)
+        return cls(tokenizer, cfg, recipe.train.seed, train, val)
 
     @property
     def mixture(self) -> UL2Mixture:
@@ -150,7 +141,7 @@ class UL2Data:
 
     def get_batch(self, step: int) -> dict[str, torch.Tensor]:
         """The training batch for ``step``: same step, same batch (chunks, denoisers, spans)."""
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         rows = torch.randint(len(self.train_chunks), (self.cfg.batch_size,), generator=g)
         return self._batch(self.train_chunks[rows], g)
 
@@ -171,13 +162,13 @@ class UL2Data:
 
 
 def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token cross-entropy ``(batch, target)`` (0 where labels are -100) and the mask."""
+    """Per-token cross-entropy ``(batch, target)`` (0 where labels are ``IGNORE_INDEX``, i.e. -100) and the mask."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    labels=batch["labels"]).logits
     labels = batch["labels"]
-    ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+    ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
                          reduction="none").view_as(labels)
-    return ce, labels != -100
+    return ce, labels != IGNORE_INDEX
 
 
 def make_loss_fn(mixture: UL2Mixture):
@@ -230,10 +221,10 @@ def validation_breakdown(model, data: UL2Data, max_chunks: int = 64) -> dict[str
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        labels=batch["labels"]).logits
         labels = batch["labels"]
-        ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+        ce = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
                              reduction="none").view_as(labels)
         correct = logits.argmax(-1) == labels
-        real = labels != -100
+        real = labels != IGNORE_INDEX
         if d.kind == "S":
             first = torch.zeros_like(real)
             first[:, 0] = True
@@ -257,12 +248,12 @@ def unigram_baseline(data: UL2Data, batches: int = 20, max_chunks: int = 64) -> 
     counts = torch.ones(vocab, dtype=torch.float64)
     for step in range(batches):
         labels = data.get_batch(10**6 + step)["labels"]
-        counts += torch.bincount(labels[labels != -100], minlength=vocab).double()
+        counts += torch.bincount(labels[labels != IGNORE_INDEX], minlength=vocab).double()
     logp = (counts / counts.sum()).log()
     out = {}
     for d, batch in zip(data.mixture.denoisers, data.val_batches(max_chunks)):
         labels = batch["labels"]
-        out[d.name] = float(-logp[labels[labels != -100]].mean())
+        out[d.name] = float(-logp[labels[labels != IGNORE_INDEX]].mean())
     return out
 
 
@@ -271,68 +262,39 @@ def unigram_baseline(data: UL2Data, batches: int = 20, max_chunks: int = 64) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-def build_model(tokenizer, cfg: UL2PretrainConfig):
-    """A fresh encoder-decoder for ``cfg.model_preset`` with the tokenizer's vocabulary size."""
-    from pali3_edu.encdec import EncoderDecoder
+def build_model(recipe: Recipe, tokenizer) -> EncoderDecoder:
+    """A fresh, seeded encoder-decoder of the recipe's size, with the tokenizer's vocabulary."""
+    torch.manual_seed(recipe.train.seed)
+    return EncoderDecoder(dataclasses.replace(recipe.model, vocab_size=tokenizer.padded_vocab_size))
 
-    torch.manual_seed(cfg.seed)
-    overrides = {"vocab_size": tokenizer.padded_vocab_size, **cfg.model_overrides}
-    return EncoderDecoder(get_config("encdec", cfg.model_preset, **overrides))
+
+STAGE = register_stage(Stage(
+    name="ul2", presets=PRESETS, build_model=build_model,
+    build_data=lambda recipe, tokenizer: UL2Data.build(tokenizer, recipe),
+    loss_fn=lambda recipe: make_loss_fn(UL2Mixture(weights=recipe.data.mixture_weights)),
+))
 
 
 def pretrain_ul2(
     model,
     data: UL2Data,
+    recipe: Recipe,
     checkpoint: str | Path | None = None,
     stop_after: int | None = None,
     progress: bool = True,
     device: torch.device | str | None = None,
 ) -> History:
-    """Train ``model`` on ``data`` with the mixture of denoisers (resumes from ``checkpoint``
-    when it exists; ``stop_after`` stops early as if interrupted)."""
-    return train(model, make_loss_fn(data.mixture), data.get_batch, data.cfg.train_config(),
+    """Train ``model`` on ``data`` with the mixture of denoisers, no cache (``checkpoint``: resume
+    from / write to that directory; ``stop_after`` stops early as if interrupted)."""
+    return train(model, make_loss_fn(data.mixture), data.get_batch, recipe.train,
                  checkpoint=checkpoint, stop_after=stop_after, progress=progress, device=device)
 
 
-def checkpoint_path(preset: str = "tiny-cpu") -> Path:
-    """Where :func:`load_or_pretrain_ul2` caches the ``preset`` run."""
-    return data_dir("checkpoints") / f"ul2-{preset}-v{PRETRAIN_VERSION}.pt"
-
-
-def load_or_pretrain_ul2(
-    preset: str = "tiny-cpu",
-    tokenizer=None,
-    retrain: bool = False,
-    progress: bool = True,
-    device: torch.device | str | None = None,
-    **overrides: Any,
-):
-    """``(model, tokenizer, history)`` of UL2 pretraining with the ``preset`` recipe.
-
-    Loads the cached checkpoint when it holds a finished run; otherwise trains (resuming a
-    partial checkpoint) and caches it. ``retrain=True`` deletes the cache first. ``overrides``
-    change the recipe (e.g. ``steps=100``) and give a separately cached run.
-    """
-    from pali3_edu.tokenizer import course_tokenizer
-
-    tokenizer = tokenizer or course_tokenizer()
-    cfg = get_pretrain_config(preset, **overrides)
-    name = preset + "".join(f"-{k}{v}" for k, v in sorted(overrides.items()))
-    path = checkpoint_path(name)
-    if retrain and path.exists():
-        path.unlink()
-    model = build_model(tokenizer, cfg)
-    if path.exists():
-        state = load_checkpoint(path)
-        if int(state.get("step", 0)) >= cfg.steps:
-            load_checkpoint(path, model)
-            model.eval()
-            history = History(**state.get("history", {}))
-            history.resumed_from = int(state["step"])
-            return model, tokenizer, history
-    data = UL2Data.build(tokenizer, cfg)
-    history = pretrain_ul2(model, data, checkpoint=path, progress=progress, device=device)
-    return model, tokenizer, history
+def load_or_pretrain_ul2(preset: str = "tiny-cpu", **kwargs: Any) -> TrainedRun:
+    """The pretrained encoder-decoder of a preset: ``run.model``, ``run.tokenizer``,
+    ``run.history``, ``run.loaded`` (see :func:`pali3_edu.recipes.load_or_train`); ``kwargs`` as
+    there (``retrain``, ``device``, ``stop_after``, recipe overrides such as ``steps=100``)."""
+    return load_or_train("ul2", preset, **kwargs)
 
 
 def perplexity(loss: float) -> float:

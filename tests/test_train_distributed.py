@@ -1,0 +1,155 @@
+"""``train`` under two processes (gloo on CPU) equals ``train`` in one process on the same global
+batch: DDP, DDP with gradient accumulation, FSDP2 with parameter groups, and resuming each."""
+
+import datetime
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from pali3_edu.train import ParamGroup, TrainConfig, load_checkpoint, train
+
+WORLD = 2
+BASE = dict(steps=12, lr=0.05, warmup_steps=3, log_every=1)
+
+
+def _batch(i: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(i)
+    x = torch.randn(8, 4, generator=g)  # the GLOBAL micro-batch: 4 rows per rank
+    return {"x": x, "y": x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1 * torch.randn(8, 1, generator=g)}
+
+
+SEEN: list[torch.Tensor] = []  # the rows each call of the loss saw (a test records them)
+
+
+def _loss(model: nn.Module, batch) -> torch.Tensor:
+    SEEN.append(batch["x"].detach().clone())
+    return ((model(batch["x"]) - batch["y"]) ** 2).mean()
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def _groups(model: nn.Module) -> list[ParamGroup]:
+    return [ParamGroup(model[0], lr_scale=0.5), ParamGroup(model[2], weight_decay=0.0)]
+
+
+SCENARIOS = {
+    "ddp": dict(cfg=dict(parallel="ddp"), groups=False),
+    "ddp_accum2": dict(cfg=dict(parallel="ddp", grad_accum=2), groups=False),
+    "fsdp_accum2_groups": dict(cfg=dict(parallel="fsdp", grad_accum=2), groups=True),
+}
+
+
+def _run(name: str, folder: str, parallel: bool, stop_after: int | None = None, resume: bool = False):
+    spec = SCENARIOS[name]
+    cfg = dict(BASE, **spec["cfg"])
+    if not parallel:
+        cfg["parallel"] = "none"
+    model = _model()
+    history = train(model, _loss, _batch, TrainConfig(**cfg), checkpoint=os.path.join(folder, name),
+                    device="cpu", progress=False, stop_after=stop_after,
+                    param_groups=_groups(model) if spec["groups"] else None)
+    return history
+
+
+def _worker(rank, world, port, folder):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        out = {}
+        for name in SCENARIOS:
+            SEEN.clear()
+            full = _run(name, folder, parallel=True)
+            _run(name, os.path.join(folder, "part"), parallel=True, stop_after=5)
+            seen = list(SEEN[:2])
+            resumed = _run(name, os.path.join(folder, "part"), parallel=True)
+            out[name] = dict(losses=full.losses, resumed_losses=resumed.losses,
+                             resumed_from=resumed.resumed_from, seen=seen)
+        torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(folder, timeout=240):
+    ctx = mp.start_processes(_worker, args=(WORLD, _free_port(), folder), nprocs=WORLD, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f"distributed workers did not finish within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("dist"))
+    _spawn(folder)
+    ranks = [torch.load(os.path.join(folder, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
+    return folder, ranks
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_two_processes_equal_one(runs, name, tmp_path):
+    folder, ranks = runs
+    single = _run(name, str(tmp_path), parallel=False)
+    ref = load_checkpoint(tmp_path / name)["model"]
+    got = load_checkpoint(os.path.join(folder, name))  # written by rank 0 (FSDP: gathered)
+    assert got["step"] == BASE["steps"] and got["world_size"] == WORLD
+    for rank in ranks:  # logged losses are averaged over the ranks: the global-batch loss
+        assert rank[name]["losses"] == pytest.approx(single.losses, rel=1e-6, abs=1e-6)
+    assert len(single.losses) == BASE["steps"]
+    assert single.losses[-1] < 0.5 * single.losses[0]  # it trained: the comparison means something
+    accum = SCENARIOS[name]["cfg"].get("grad_accum", 1)
+    for r, rank in enumerate(ranks):  # rank r trained on its contiguous half of each micro-batch
+        for i, rows in enumerate(rank[name]["seen"]):
+            assert rows.shape[0] == 8 // WORLD
+            assert torch.equal(rows, _batch(i)["x"][r * 4:(r + 1) * 4]), (r, i, accum)
+    assert set(got["model"]) == set(ref)
+    for k in ref:
+        torch.testing.assert_close(got["model"][k], ref[k], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_resume_under_two_processes(runs, name):
+    folder, ranks = runs
+    full = load_checkpoint(os.path.join(folder, name))["model"]
+    resumed = load_checkpoint(os.path.join(folder, "part", name))["model"]
+    for rank in ranks:
+        assert rank[name]["resumed_from"] == 5
+        assert rank[name]["resumed_losses"] == pytest.approx(rank[name]["losses"], rel=1e-6, abs=1e-6)
+    for k in full:
+        torch.testing.assert_close(resumed[k], full[k], rtol=1e-6, atol=1e-6)
+
+
+def test_uneven_global_batch_is_refused():
+    from pali3_edu.distributed import shard_batch
+
+    with pytest.raises(ValueError, match="divisible by 2"):
+        shard_batch({"x": torch.zeros(5, 3)}, 0, 2)
+    rows = shard_batch({"x": torch.arange(6)}, 1, 2)["x"]
+    assert rows.tolist() == [3, 4, 5]  # rank 1: the second contiguous half
+
+
+def test_parallel_without_process_group_trains_as_one(capsys):
+    model = _model()
+    h = train(model, _loss, _batch, TrainConfig(**dict(BASE, steps=3, parallel="ddp")),
+              device="cpu", progress=False)
+    assert len(h.losses) == 3
+    assert "trains as parallel='none'" in capsys.readouterr().out

@@ -30,7 +30,7 @@ API (stable; other modules rely on it):
 - ``build_or_load_dir(final, build, *, name, rebuild=False, meta=None) -> Path``
 - ``write_manifest(folder, *, meta=None) -> Path``  (the manifest file)
 - ``verify_manifest(folder) -> list[str]``  (problems; empty when the folder is intact)
-- ``read_manifest(folder) -> dict | None``
+- ``read_manifest(folder) -> dict | None``, ``sha256_file(path) -> str``
 - ``file_lock(path, *, message=None)``  (context manager; exclusive lock on the file ``path``)
 - ``atomic_write_bytes(path, data)``, ``atomic_write_text(path, text)``
 - ``lock_path(final) -> Path``, ``discard_dir(path) -> None``
@@ -209,6 +209,17 @@ def lock_path(final: Path | str) -> Path:
 _NO_LOCK_ERRNOS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
 
 
+def _open_lock_file(path: Path):
+    """Open (creating if needed) the lock file. On a shared disk another user may own it
+    read-only: ``flock`` works on a read-only handle too, so fall back to that."""
+    try:
+        return open(path, "a+b")
+    except PermissionError:
+        if not path.is_file():
+            raise
+        return open(path, "rb")
+
+
 @contextlib.contextmanager
 def file_lock(path: Path | str, *, message: str | None = None) -> Iterator[bool]:
     """Hold an exclusive lock on the file ``path`` (created if needed) for the ``with`` block.
@@ -227,7 +238,7 @@ def file_lock(path: Path | str, *, message: str | None = None) -> Iterator[bool]
     if fcntl is None:
         yield False
         return
-    with open(path, "a+b") as f:
+    with _open_lock_file(path) as f:
         locked = False
         try:
             try:

@@ -268,3 +268,20 @@ def test_data_dir_recreates_a_folder_deleted_after_the_first_check(tmp_path, mon
     first = data_dir("runs")
     first.rmdir()
     assert data_dir("runs").is_dir()
+
+
+@pytest.mark.skipif(cache.fcntl is None, reason="no fcntl on this platform (Windows)")
+def test_lock_file_owned_read_only_by_another_user_still_locks(tmp_path, monkeypatch):
+    """Classroom on a shared disk: the .lock file was created by someone else (mode 0644)."""
+    lock = tmp_path / "x.lock"
+    lock.write_bytes(b"")
+    real_open = open
+
+    def open_as_other_user(path, mode="r", *args, **kwargs):
+        if Path(path) == lock and any(c in mode for c in "wa+"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", open_as_other_user)
+    with file_lock(lock) as locked:
+        assert locked is True

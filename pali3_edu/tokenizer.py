@@ -29,6 +29,16 @@ made of characters the model knows, special tokens included (``"<loc0001>…<loc
 Other SentencePiece models (T5's ``spiece.model`` …) normalise whitespace themselves: there the
 round trip holds up to that normalisation (runs of spaces, spaces next to special tokens).
 
+The numbers above (1024 location bins, 128 segmentation codes, the mode tokens, 100 sentinels,
+the control ids) are defined once in :mod:`pali3_edu.tokens`, which also explains why each is what
+it is; this module only lays them out.
+
+Every tokenizer has a :attr:`Tokenizer.fingerprint`, a short hex digest of its SentencePiece model
+and its special-token layout. Two tokenizers with the same fingerprint give every text the same
+ids; a model checkpoint trained with one tokenizer is only meaningful with a tokenizer of the same
+fingerprint (the *number* of ids can agree while the ids mean different things), so training
+recipes fold it into their own cache keys.
+
 Quick use::
 
     tok = course_tokenizer()                      # trained on ShapesWorld text, cached under data/
@@ -40,58 +50,70 @@ Quick use::
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import re
-import shutil
 import string
-import tempfile
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import sentencepiece as spm
 import torch
 
+from pali3_edu.tokens import (
+    EOS_ID,
+    IGNORE_INDEX,
+    MODE_TOKENS,
+    NUM_LOC_BINS,
+    NUM_SEG_TOKENS,
+    NUM_SENTINELS,
+    PAD_ID,
+    TASK_PREFIXES,
+    UNK_ID,
+)
+
 __all__ = [
     "Tokenizer",
     "train_tokenizer",
     "course_tokenizer",
+    "course_tokenizer_recipe",
     "MODE_TOKENS",
     "NUM_LOC_TOKENS",
     "NUM_SEG_TOKENS",
     "NUM_SENTINELS",
     "PROMPT_TEXTS",
+    "TOKENIZER_VERSION",
 ]
 
-NUM_LOC_TOKENS = 1024
-NUM_SEG_TOKENS = 128
-NUM_SENTINELS = 100
-MODE_TOKENS: tuple[str, ...] = ("[NLU]", "[NLG]", "[S2S]")
+NUM_LOC_TOKENS = NUM_LOC_BINS  # the older name of pali3_edu.tokens.NUM_LOC_BINS
+_MODE_NAMES: tuple[str, ...] = tuple(MODE_TOKENS.values())  # ("[NLU]", "[NLG]", "[S2S]"), id order
 
 MODEL_FILE = "spiece.model"
 CONFIG_FILE = "tokenizer_config.json"
 _FORMAT = "pali3_edu.tokenizer/1"
-# Bump when the training recipe changes, so cached course tokenizers are rebuilt.
-TOKENIZER_VERSION = "1"
+# Bump when the training recipe changes in a way the recipe fingerprint cannot see (e.g. a new
+# trainer option), so cached course tokenizers are rebuilt.
+TOKENIZER_VERSION = "2"
 
-# Task prompts (design §4). They are added to the training text so that every prompt word is a
-# whole piece, even if the scene corpus never says "caption en".
+# The task prompts, plus the question stems of ShapesWorld's VQA. They are added to the training
+# text so that every prompt word is a whole piece, even if the scene corpus never says
+# "caption en". (Any edit here changes the course tokenizer's cache key: see course_tokenizer.)
+_VQA = TASK_PREFIXES["vqa"]
 PROMPT_TEXTS: tuple[str, ...] = (
-    "caption en",
-    "answer en",
-    "ocr",
-    "detect",
-    "segment",
-    "answer en what color is the",
-    "answer en how many shapes are there?",
-    "answer en is there a",
-    "answer en what is written on the",
-    "answer en what shape is",
+    *dict.fromkeys(TASK_PREFIXES.values()),  # each prefix once, in task order
+    f"{_VQA} what color is the",
+    f"{_VQA} how many shapes are there?",
+    f"{_VQA} is there a",
+    f"{_VQA} what is written on the",
+    f"{_VQA} what shape is",
     "yes",
     "no",
 )
+_PROMPT_REPEATS = 20  # how often the prompts are repeated in the training text
 
 # Characters every course model knows, even if the corpus never uses them (so any ASCII text
 # round-trips instead of turning into <unk>).
@@ -100,6 +122,29 @@ _REQUIRED_CHARS = string.ascii_letters + string.digits + string.punctuation + "\
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def _load_sentencepiece(model_proto: bytes) -> spm.SentencePieceProcessor:
+    """Parse a SentencePiece model; a damaged one raises ``ValueError`` (never a C++ error later).
+
+    SentencePiece raises ``RuntimeError`` for bytes it cannot parse, but accepts *empty* bytes and
+    only fails (with ``RuntimeError`` or ``IndexError``) at the first use, so both are checked here.
+    """
+    hint = "delete the file, or train and save the tokenizer again"
+    if not model_proto:
+        raise ValueError(f"not a SentencePiece model: it is empty (0 bytes); {hint}")
+    try:
+        sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        n = sp.get_piece_size()
+        sp.encode("b", out_type=str)
+    except (RuntimeError, IndexError, OSError) as e:
+        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"not a SentencePiece model, or a damaged one ({detail}); {hint}"
+        ) from e
+    if n < 1:
+        raise ValueError(f"not a SentencePiece model: it has no pieces; {hint}")
+    return sp
 
 
 class Tokenizer:
@@ -112,23 +157,25 @@ class Tokenizer:
     """
 
     # T5 convention. An instance built on a SentencePiece model with another layout overrides these.
-    pad_id: int = 0
-    eos_id: int = 1
-    unk_id: int = 2
+    pad_id: int = PAD_ID
+    eos_id: int = EOS_ID
+    unk_id: int = UNK_ID
 
     def __init__(
         self,
         model_proto: bytes,
         *,
-        num_loc: int = NUM_LOC_TOKENS,
+        num_loc: int = NUM_LOC_BINS,
         num_seg: int = NUM_SEG_TOKENS,
-        mode_tokens: Sequence[str] = MODE_TOKENS,
+        mode_tokens: Sequence[str] | Mapping[str, str] = _MODE_NAMES,
         num_sentinels: int = NUM_SENTINELS,
     ) -> None:
-        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.sp = _load_sentencepiece(bytes(model_proto))
         self._model_proto = bytes(model_proto)
         self.num_loc, self.num_seg = int(num_loc), int(num_seg)
         self.num_sentinels = int(num_sentinels)
+        if isinstance(mode_tokens, Mapping):  # pali3_edu.tokens.MODE_TOKENS: kind -> token
+            mode_tokens = tuple(mode_tokens.values())
         self.mode_tokens = tuple(mode_tokens)
         if not (0 <= self.num_loc <= 10_000 and 0 <= self.num_seg <= 1000 and num_sentinels >= 0):
             raise ValueError("need 0 <= num_loc <= 10000 (4 digits) and 0 <= num_seg <= 1000")
@@ -201,10 +248,11 @@ class Tokenizer:
 
     def _check_id(self, i: int) -> int:
         i = int(i)
-        if i == -100:
+        if i == IGNORE_INDEX:
             raise ValueError(
-                "id -100 is the 'ignore' label value, not a token: replace it before decoding, "
-                "e.g. labels.masked_fill(labels == -100, tok.pad_id)"
+                f"id {IGNORE_INDEX} is the 'ignore' label value (IGNORE_INDEX), not a token: "
+                "replace it before decoding, "
+                f"e.g. labels.masked_fill(labels == {IGNORE_INDEX}, tok.pad_id)"
             )
         if not 0 <= i < self.vocab_size:
             raise ValueError(
@@ -436,7 +484,7 @@ class Tokenizer:
         unknown character is written ``<unk>``.
         Ids of the embedding table's padding rows (``vocab_size … padded_vocab_size-1``), which an
         untrained model may predict, are written ``<unk>``; ids beyond the table, or the label
-        value -100, raise ``ValueError``.
+        value ``IGNORE_INDEX`` (-100), raise ``ValueError``.
         """
         if isinstance(ids, torch.Tensor):
             if ids.dim() != 1:
@@ -505,6 +553,16 @@ class Tokenizer:
         return out
 
     # ------------------------------------------------------------------ saving and loading
+    @staticmethod
+    def _default_layout() -> dict[str, Any]:
+        """The course's special-token layout (what ``Tokenizer(proto)`` appends by default)."""
+        return {
+            "num_loc": NUM_LOC_BINS,
+            "num_seg": NUM_SEG_TOKENS,
+            "mode_tokens": list(_MODE_NAMES),
+            "num_sentinels": NUM_SENTINELS,
+        }
+
     def _layout(self) -> dict[str, Any]:
         return {
             "num_loc": self.num_loc,
@@ -513,12 +571,30 @@ class Tokenizer:
             "num_sentinels": self.num_sentinels,
         }
 
+    @property
+    def fingerprint(self) -> str:
+        """16 hex digits identifying this tokenizer: SHA-256 of the model bytes + the layout.
+
+        Equal fingerprints mean the same text gives the same ids. Fold it into the cache key of
+        anything trained on token ids (a checkpoint is meaningless with another tokenizer, even
+        one of the same vocabulary size).
+        """
+        layout = json.dumps({"format": _FORMAT, **self._layout()}, sort_keys=True)
+        digest = hashlib.sha256(self._model_proto)
+        digest.update(b"\0" + layout.encode())
+        return digest.hexdigest()[:16]
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``spiece.model`` and ``tokenizer_config.json`` into ``directory``; return it."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / MODEL_FILE).write_bytes(self._model_proto)
-        config = {"format": _FORMAT, **self._layout(), "vocab_size": self.vocab_size}
+        config = {
+            "format": _FORMAT,
+            **self._layout(),
+            "vocab_size": self.vocab_size,
+            "fingerprint": self.fingerprint,
+        }
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         return directory
 
@@ -539,14 +615,27 @@ class Tokenizer:
             config_path = path / CONFIG_FILE
             config: dict[str, Any] = {}
             if config_path.exists():
-                config = json.loads(config_path.read_text())
+                try:
+                    config = json.loads(config_path.read_text())
+                except (ValueError, UnicodeDecodeError) as e:
+                    raise ValueError(f"{config_path} is not valid JSON ({e})") from e
+                if not isinstance(config, dict):
+                    raise ValueError(f"{config_path} should hold a JSON object")
             keys = ("num_loc", "num_seg", "mode_tokens", "num_sentinels")
             saved = {k: config[k] for k in keys if k in config}
-            tok = cls(model.read_bytes(), **{**saved, **layout})
+            try:
+                tok = cls(model.read_bytes(), **{**saved, **layout})
+            except ValueError as e:
+                raise ValueError(f"{model}: {e}") from e
             if "vocab_size" in config and not layout and config["vocab_size"] != tok.vocab_size:
                 raise ValueError(
                     f"{config_path} says vocab_size {config['vocab_size']} "
                     f"but the files give {tok.vocab_size}"
+                )
+            if "fingerprint" in config and not layout and config["fingerprint"] != tok.fingerprint:
+                raise ValueError(
+                    f"{config_path} says fingerprint {config['fingerprint']} but the files give "
+                    f"{tok.fingerprint}: {MODEL_FILE} was changed after saving"
                 )
             return tok
         if not path.exists():
@@ -556,8 +645,8 @@ class Tokenizer:
             )
         try:
             return cls(path.read_bytes(), **layout)
-        except RuntimeError as e:  # sentencepiece's parse error
-            raise ValueError(f"{path} is not a SentencePiece model file ({e})") from e
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -631,35 +720,113 @@ def train_tokenizer(
     return Tokenizer(model.getvalue(), **layout)
 
 
+# Digest of the ShapesWorld text per (generator version, num_scenes), so that only the first
+# course_tokenizer() call of a process pays for generating the corpus when the cache is warm.
+_SCENE_TEXT_DIGESTS: dict[tuple[str, int], str] = {}
+_COURSE_TRAINER = {  # train_tokenizer's settings for the course tokenizer (besides vocab/type)
+    "byte_fallback": False,
+    "character_coverage": 1.0,
+    "required_chars": _REQUIRED_CHARS,
+    "seed": 0,
+}
+
+
+def _texts_digest(texts: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for t in texts:
+        digest.update(t.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+def course_tokenizer_recipe(
+    vocab_size: int = 512, num_scenes: int = 3000, model_type: str = "bpe"
+) -> dict[str, Any]:
+    """Everything that decides what :func:`course_tokenizer` trains, as a JSON-able dict.
+
+    The training text (a SHA-256 of the ShapesWorld text, and the prompts themselves), the
+    trainer's settings, the special-token layout, ``TOKENIZER_VERSION``, the ShapesWorld
+    ``GENERATOR_VERSION`` and the SentencePiece version. ``recipe["fingerprint"]`` is a digest of
+    all the rest; it names the cache folder, so changing any of it (say, editing a prompt) trains a
+    new tokenizer instead of silently reusing an old one.
+    """
+    from pali3_edu.data import shapesworld  # imported here: the Tokenizer class does not need it
+
+    memo = (str(shapesworld.GENERATOR_VERSION), int(num_scenes))
+    if memo not in _SCENE_TEXT_DIGESTS:
+        scene_texts = shapesworld.text_corpus(num_scenes, split="train")
+        _SCENE_TEXT_DIGESTS[memo] = _texts_digest(scene_texts)
+    layout = Tokenizer._default_layout()
+    recipe: dict[str, Any] = {
+        "tokenizer_version": TOKENIZER_VERSION,
+        "format": _FORMAT,
+        "shapesworld_generator_version": str(shapesworld.GENERATOR_VERSION),
+        "num_scenes": int(num_scenes),
+        "scene_text_sha256": _SCENE_TEXT_DIGESTS[memo],
+        "prompts": list(PROMPT_TEXTS),
+        "prompt_repeats": _PROMPT_REPEATS,
+        "vocab_size": int(vocab_size),
+        "model_type": model_type,
+        "trainer": dict(_COURSE_TRAINER),
+        "layout": layout,
+        "control_ids": {"pad": PAD_ID, "eos": EOS_ID, "unk": UNK_ID},
+        "sentencepiece_version": spm.__version__,
+    }
+    blob = json.dumps(recipe, sort_keys=True, ensure_ascii=True).encode()
+    recipe["fingerprint"] = hashlib.sha256(blob).hexdigest()[:16]
+    return recipe
+
+
 def course_tokenizer(
     vocab_size: int = 512, num_scenes: int = 3000, model_type: str = "bpe"
 ) -> Tokenizer:
     """The course's tokenizer: trained on ShapesWorld text + the task prompts, cached in ``data/``.
 
-    The cache key holds the ShapesWorld generator version and every parameter, so a change to the
-    world or the recipe trains a fresh one (a couple of seconds on a laptop).
+    The cache folder is named by the fingerprint of :func:`course_tokenizer_recipe`, so a change
+    to the world, the prompts or the recipe trains a fresh one (a couple of seconds on a laptop).
+    The folder is verified (SHA-256 of every file) before it is read: a damaged copy (truncated,
+    emptied or overwritten ``spiece.model``) is rebuilt with a printed message. Several processes
+    may call this at once (notebooks run in parallel): one trains, the others wait and read it.
     """
-    from pali3_edu.data import shapesworld  # imported here: the Tokenizer class does not need it
+    from pali3_edu.cache import build_or_load_dir, read_manifest
+    from pali3_edu.data import shapesworld
     from pali3_edu.utils import data_dir
 
+    if model_type not in ("unigram", "bpe"):
+        raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}")
+    recipe = course_tokenizer_recipe(vocab_size, num_scenes, model_type)
+    fingerprint = recipe["fingerprint"]
     key = (
         f"shapesworld-{shapesworld.GENERATOR_VERSION}_scenes{num_scenes}"
-        f"_{model_type}{vocab_size}_v{TOKENIZER_VERSION}"
+        f"_{model_type}{vocab_size}_{fingerprint}"
     )
-    key = re.sub(r"[^A-Za-z0-9._-]", "_", key)
-    folder = data_dir("tokenizer") / key
-    if (folder / MODEL_FILE).exists():
+    folder = data_dir("tokenizer") / re.sub(r"[^A-Za-z0-9._-]", "_", key)
+
+    def build(tmp: Path) -> None:
+        texts = list(shapesworld.text_corpus(num_scenes, split="train"))
+        if _texts_digest(texts) != recipe["scene_text_sha256"]:
+            raise RuntimeError(
+                "the ShapesWorld text changed while the tokenizer was being built "
+                "(edited code in a running session?): restart and run again"
+            )
+        texts += list(PROMPT_TEXTS) * _PROMPT_REPEATS
+        tok = train_tokenizer(
+            texts, vocab_size=vocab_size, model_type=model_type, **_COURSE_TRAINER
+        )
+        tok.save(tmp)
+
+    meta = {"recipe_fingerprint": fingerprint, "recipe": recipe}
+    name = f"course tokenizer ({model_type}, {vocab_size} pieces)"
+    for attempt in range(2):
+        build_or_load_dir(folder, build, name=name, rebuild=attempt > 0, meta=meta)
+        manifest = read_manifest(folder) or {}
+        stored = (manifest.get("meta") or {}).get("recipe_fingerprint")
         try:
+            if stored != fingerprint:
+                raise ValueError(f"it was built from recipe {stored}, not {fingerprint}")
             return Tokenizer.load(folder)
-        except (ValueError, OSError):
-            shutil.rmtree(folder, ignore_errors=True)  # a damaged cache: train again below
-    texts = list(shapesworld.text_corpus(num_scenes, split="train")) + list(PROMPT_TEXTS) * 20
-    tok = train_tokenizer(texts, vocab_size=vocab_size, model_type=model_type)
-    # Save atomically so that two processes (e.g. notebooks run in parallel) never read half a file.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
-    tok.save(tmp)
-    try:
-        tmp.rename(folder)
-    except OSError:  # someone else finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return tok
+        except (ValueError, OSError) as e:
+            if attempt:
+                raise
+            print(f"The cached {name} in {folder} cannot be used ({e}); rebuilding it.",
+                  file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")  # pragma: no cover

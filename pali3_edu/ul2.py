@@ -35,8 +35,9 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
+from pali3_edu.tokens import IGNORE_INDEX, MODE_TOKENS
+
 SentinelIds = Callable[[int], int] | Sequence[int] | torch.Tensor
-MODE_TOKENS = {"R": "[NLU]", "X": "[NLG]", "S": "[S2S]"}
 
 
 class SpecialTokens(Protocol):
@@ -363,7 +364,8 @@ class Denoiser:
         return span_corruption(tokens, self.noise_density, self.mean_span, sentinel_id, generator)
 
 
-# The UL2 paper's seven denoisers (Tay et al. 2022, section 3.1.2 / the facts file).
+# The UL2 paper's seven denoisers (Tay et al. 2022, "Unifying Language Learning Paradigms",
+# section 3.1.2): two regular, four extreme (long spans and/or dense noise), one sequential.
 UL2_DENOISERS: tuple[Denoiser, ...] = (
     Denoiser("R μ3 r.15", "R", 3, 0.15),
     Denoiser("R μ8 r.15", "R", 8, 0.15),
@@ -474,7 +476,8 @@ def ul2_batch(
 
     - ``input_ids`` ``(batch, T_in)``: ``[mode] inputs EOS`` padded with ``pad_id``
     - ``attention_mask`` ``(batch, T_in)``: 1 for real tokens, 0 for padding
-    - ``labels`` ``(batch, T_out)``: ``targets EOS`` padded with -100 (ignored by the loss)
+    - ``labels`` ``(batch, T_out)``: ``targets EOS`` padded with ``IGNORE_INDEX`` (-100, which
+      the loss skips)
     - ``denoiser`` ``(batch,)``: index into ``mixture.denoisers``
 
     The time dimensions are the longest example rounded up to ``pad_to_multiple`` (never above
@@ -496,7 +499,7 @@ def ul2_batch(
     T_out = min(_round_up(max(len(t) for _, t in pairs), pad_to_multiple), max_target_len)
     input_ids = torch.full((B, T_in), tokenizer.pad_id, dtype=torch.long)
     attention_mask = torch.zeros((B, T_in), dtype=torch.long)
-    labels = torch.full((B, T_out), -100, dtype=torch.long)
+    labels = torch.full((B, T_out), IGNORE_INDEX, dtype=torch.long)
     for b, (inputs, targets) in enumerate(pairs):
         input_ids[b, : len(inputs)] = inputs
         attention_mask[b, : len(inputs)] = 1

@@ -9,8 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pali3_edu.data.shapesworld import ShapesWorldConfig, generate_scene, scene_record
+from pali3_edu import tokens
 from pali3_edu.data.tasks import (
     NUM_LOC_BINS,
+    PREFIXES,
     TASKS,
     DetectionResult,
     decode_box,
@@ -101,7 +103,8 @@ def test_parse_keeps_the_good_instances():
 
 
 loc_ish = st.sampled_from(["<loc", ">", "<loc0000>", "<loc1023>", "<loc0512>", "<loc9999>", ";", " ",
-                           "circle", "red", "<loc12>", "\n", "<"])
+                           "circle", "red", "<loc12>", "\n", "<", "</s>", "<pad>", "<unk>",
+                           "<loc\u0661\u0662\u0663\u0664>", "[NLU]", "<extra_id_0>"])
 
 
 @settings(max_examples=200, deadline=None)
@@ -167,3 +170,86 @@ def test_make_example_errors():
     with pytest.raises(ValueError, match="unique name"):
         make_example(twins, "refer", random.Random(0))
     assert TASKS == ("caption", "vqa", "ocr", "detect", "refer")
+
+
+# ------------------------------------------------------------------ digits, special tokens, inverted boxes
+NON_ASCII_DIGITS = [
+    "\u0660\u0661\u0662\u0663",  # Arabic-Indic ٠١٢٣
+    "\u06f0\u06f1\u06f2\u06f3",  # Extended Arabic-Indic ۰۱۲۳
+    "\u0966\u0967\u0968\u0969",  # Devanagari ०१२३
+    "\uff10\uff11\uff12\uff13",  # full-width ０１２３
+]
+
+
+@pytest.mark.parametrize("digits", NON_ASCII_DIGITS)
+def test_non_ascii_digits_are_not_location_tokens(digits):
+    assert int(digits) == 123  # what int() does with them, and why \d was a bug
+    text = f"<loc{digits}><loc0200><loc0300><loc0400> circle"
+    res = parse_detection(text)
+    assert not res.ok and res.boxes == [] and res.labels == [] and "expected 4" in res.error
+    with pytest.raises(ValueError, match="four tokens"):
+        decode_box(f"<loc{digits}><loc0200><loc0300><loc0400>")
+    good = parse_detection(f"<loc0100><loc0200><loc0300><loc0400> star ; {text}")
+    assert not good.ok and good.labels == ["star"]  # the good instance is kept
+
+
+@pytest.mark.parametrize("text", [
+    "<loc0001><loc0002><loc0003><loc0004> circle</s>",
+    "<loc0001><loc0002><loc0003><loc0004> circle</s><pad>",
+    "<loc0001><loc0002><loc0003><loc0004> circle </s><pad><pad>",
+    "<pad><loc0001><loc0002><loc0003><loc0004> circle</s><pad>",
+    "<loc0001><loc0002><loc0003><loc0004> circle</s> what the model wrote after EOS",
+    "<loc0001><loc0002><loc0003><loc0004> circle<pad><pad>",
+])
+def test_generation_markers_are_not_part_of_the_label(text):
+    """Text decoded with skip_special_tokens=False: the output ends at </s>, pads are dropped."""
+    res = parse_detection(text)
+    assert res.ok and res.labels == ["circle"], res
+    assert res.boxes == [decode_box("<loc0001><loc0002><loc0003><loc0004>")]
+
+
+@pytest.mark.parametrize("label, token", [
+    ("circle<unk>", "<unk>"),
+    ("red [NLU] circle", "[NLU]"),
+    ("circle <extra_id_0>", "<extra_id_0>"),
+    ("<seg012> circle", "<seg012>"),
+    ("red<pad>circle", "<pad>"),
+])
+def test_special_tokens_in_labels_make_the_instance_invalid(label, token):
+    text = f"<loc0001><loc0002><loc0003><loc0004> {label} ; <loc0010><loc0020><loc0030><loc0040> star"
+    res = parse_detection(text)
+    assert not res.ok and f"special token {token!r}" in res.error
+    assert res.labels == ["star"] and len(res.boxes) == 1  # never raises, keeps the good instance
+
+
+@pytest.mark.parametrize("text, which", [
+    ("<loc0009><loc0002><loc0003><loc0004>", "y1 < y0"),
+    ("<loc0001><loc0009><loc0003><loc0004>", "x1 < x0"),
+    (" <loc1023><loc1023><loc0000><loc0000> ", "y1 < y0"),
+])
+def test_decode_box_rejects_inverted_boxes(text, which):
+    with pytest.raises(ValueError, match=f"inverted box: {which}"):
+        decode_box(text)
+    assert not parse_detection(text + " circle").ok  # the parser reports it instead of raising
+
+
+def test_decode_box_accepts_degenerate_boxes():
+    assert decode_box("<loc0005><loc0005><loc0005><loc0005>") == (5 / 1023,) * 4  # a point is fine
+
+
+def test_decode_box_rejects_non_strings():
+    with pytest.raises(TypeError, match="str"):
+        decode_box(None)  # type: ignore[arg-type]
+
+
+def test_task_formats_use_the_shared_token_facts():
+    assert NUM_LOC_BINS == tokens.NUM_LOC_BINS
+    assert PREFIXES == tokens.TASK_PREFIXES and TASKS == tuple(tokens.TASK_PREFIXES)
+    rng = random.Random(0)
+    rec = _record(3, min_objects=3, max_objects=3, word_prob=1.0)
+    for task in TASKS:
+        try:
+            ex = make_example(rec, task, rng)
+        except ValueError:
+            continue
+        assert ex["prefix"].startswith(tokens.TASK_PREFIXES[task])

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import random
 import string
+import subprocess
 import sys
+import textwrap
 import types
+from pathlib import Path
 
 import pytest
 import sentencepiece as spm
@@ -17,13 +21,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pali3_edu.data
+from pali3_edu import tokenizer as tokenizer_module
+from pali3_edu.cache import MANIFEST_NAME, write_manifest
+from pali3_edu.data.shapesworld import text_corpus
+from pali3_edu.exercises.lesson01 import check_encode_box, check_tokenizer_roundtrip
 from pali3_edu.tokenizer import (
     MODE_TOKENS,
     PROMPT_TEXTS,
     Tokenizer,
     course_tokenizer,
+    course_tokenizer_recipe,
     train_tokenizer,
 )
+from pali3_edu.tokens import TASK_PREFIXES
 
 N_SPECIAL = 1024 + 128 + 3 + 100
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
@@ -67,7 +77,7 @@ def test_id_layout(tok):
     # loc, seg, modes, sentinels appended in that order after the SentencePiece pieces
     assert tok.loc_id(0) == n and tok.loc_id(1023) == n + 1023
     assert tok.seg_id(0) == n + 1024 and tok.seg_id(127) == n + 1151
-    assert [tok.mode_id(m) for m in MODE_TOKENS] == [n + 1152, n + 1153, n + 1154]
+    assert [tok.mode_id(m) for m in MODE_TOKENS.values()] == [n + 1152, n + 1153, n + 1154]
     # T5: <extra_id_0> is the highest id, and they count down
     assert tok.sentinel_id(0) == tok.vocab_size - 1 == tok.token_to_id("<extra_id_0>")
     assert tok.sentinel_id(99) == n + 1155
@@ -264,8 +274,11 @@ def test_custom_layout_survives_save(tmp_path):
         small.loc_id(16)
     loaded = Tokenizer.load(small.save(tmp_path / "small"))
     assert loaded == small and loaded.vocab_size == small.vocab_size
-    assert loaded.encode("<loc0020>", add_eos=False) != [loaded.vocab_size]  # not a special here
-    assert loaded.decode(loaded.encode("<loc0020>", add_eos=False)) == "<loc0020>"
+    # only <loc0000> … <loc0015> exist here: "<loc0020>" is plain text, several ordinary pieces
+    ids = loaded.encode("<loc0020>", add_eos=False)
+    assert len(ids) > 1 and not any(loaded.is_special(i) for i in ids), ids
+    assert loaded.encode("<loc0015>", add_eos=False) == [loaded.loc_id(15)]  # the last one is
+    assert loaded.decode(ids) == "<loc0020>"
 
 
 def test_load_plain_sentencepiece_model(tmp_path):
@@ -348,29 +361,169 @@ def _fake_world(monkeypatch, version: str, calls: list[int]) -> None:
     monkeypatch.setattr(pali3_edu.data, "shapesworld", fake, raising=False)
 
 
+def _cache_folders(root: Path) -> list[Path]:
+    """The published tokenizer folders (not the lock files next to them)."""
+    return [p for p in (root / "tokenizer").iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
 def test_course_tokenizer_caches(monkeypatch, tmp_path):
     monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path))
     calls: list[int] = []
     _fake_world(monkeypatch, "0.test", calls)
     first = course_tokenizer(vocab_size=200, num_scenes=300)
-    assert calls == [300]
+    assert len(calls) >= 1
+    n_calls = len(calls)
     second = course_tokenizer(vocab_size=200, num_scenes=300)
-    assert calls == [300] and second == first  # loaded from the cache, corpus not rebuilt
-    folders = [p.name for p in (tmp_path / "tokenizer").iterdir()]
-    assert len(folders) == 1 and "0.test" in folders[0] and "300" in folders[0]
+    assert len(calls) == n_calls and second == first  # loaded from the cache, nothing retrained
+    folders = _cache_folders(tmp_path)
+    assert len(folders) == 1 and "0.test" in folders[0].name and "300" in folders[0].name
+    assert first.fingerprint == second.fingerprint
+    # the folder is named and sealed with the recipe's fingerprint
+    recipe = course_tokenizer_recipe(vocab_size=200, num_scenes=300)
+    assert folders[0].name.endswith(recipe["fingerprint"])
+    manifest = json.loads((folders[0] / MANIFEST_NAME).read_text())
+    assert manifest["meta"]["recipe_fingerprint"] == recipe["fingerprint"]
     # a new generator version is a new cache entry
     _fake_world(monkeypatch, "0.test2", calls)
     course_tokenizer(vocab_size=200, num_scenes=300)
-    assert calls == [300, 300] and len(list((tmp_path / "tokenizer").iterdir())) == 2
+    assert len(calls) > n_calls and len(_cache_folders(tmp_path)) == 2
+
+
+def test_editing_a_prompt_trains_a_new_tokenizer(monkeypatch, tmp_path):
+    """The bug this guards against: a changed prompt silently reused the old cached tokenizer."""
+    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path))
+    _fake_world(monkeypatch, "0.prompts", [])
+    before = course_tokenizer(vocab_size=200, num_scenes=300)
+    fp_before = course_tokenizer_recipe(vocab_size=200, num_scenes=300)["fingerprint"]
+    new_prompts = (*PROMPT_TEXTS, "describe zebra zebra")
+    monkeypatch.setattr(tokenizer_module, "PROMPT_TEXTS", new_prompts)
+    assert course_tokenizer_recipe(vocab_size=200, num_scenes=300)["fingerprint"] != fp_before
+    after = course_tokenizer(vocab_size=200, num_scenes=300)
+    assert len(_cache_folders(tmp_path)) == 2
+    assert after.fingerprint != before.fingerprint and after != before  # trained on the new text
+
+
+@pytest.mark.parametrize("change", [
+    {"vocab_size": 210}, {"model_type": "unigram"}, {"num_scenes": 301},
+])
+def test_recipe_fingerprint_covers_the_parameters(monkeypatch, change):
+    _fake_world(monkeypatch, "0.params", [])
+    base = dict(vocab_size=200, num_scenes=300, model_type="bpe")
+    assert (course_tokenizer_recipe(**base)["fingerprint"]
+            != course_tokenizer_recipe(**{**base, **change})["fingerprint"])
+
+
+def test_recipe_fingerprint_covers_layout_and_version(monkeypatch):
+    _fake_world(monkeypatch, "0.layout", [])
+    fp = course_tokenizer_recipe(vocab_size=200, num_scenes=300)["fingerprint"]
+    monkeypatch.setattr(tokenizer_module, "TOKENIZER_VERSION", "test-version")
+    fp_version = course_tokenizer_recipe(vocab_size=200, num_scenes=300)["fingerprint"]
+    monkeypatch.setattr(tokenizer_module.Tokenizer, "_default_layout",
+                        staticmethod(lambda: {"num_loc": 512}))
+    fp_layout = course_tokenizer_recipe(vocab_size=200, num_scenes=300)["fingerprint"]
+    assert len({fp, fp_version, fp_layout}) == 3
+    # and the scene text itself, not only the version number
+    monkeypatch.setattr(tokenizer_module, "_SCENE_TEXT_DIGESTS", {})
+    world = sys.modules["pali3_edu.data.shapesworld"]
+    monkeypatch.setattr(world, "text_corpus", lambda n, split="train": _sentences(n, seed=1))
+    assert course_tokenizer_recipe(vocab_size=200, num_scenes=300)["fingerprint"] != fp_layout
+
+
+def _damage_truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _damage_empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _damage_random(path: Path) -> None:  # same size: only the SHA-256 can tell
+    path.write_bytes(random.Random(0).randbytes(path.stat().st_size))
+
+
+@pytest.mark.parametrize("damage", [_damage_truncate, _damage_empty, _damage_random],
+                         ids=["truncated", "emptied", "random-bytes"])
+def test_damaged_cache_is_rebuilt_with_a_message(monkeypatch, tmp_path, capsys, damage):
+    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path))
+    calls: list[int] = []
+    _fake_world(monkeypatch, "0.damage", calls)
+    good = course_tokenizer(vocab_size=200, num_scenes=300)
+    (folder,) = _cache_folders(tmp_path)
+    damage(folder / "spiece.model")
+    capsys.readouterr()
+    n_calls = len(calls)
+    again = course_tokenizer(vocab_size=200, num_scenes=300)
+    err = capsys.readouterr().err
+    assert "damaged" in err and "spiece.model" in err and "rebuilding" in err, err
+    assert again == good and len(calls) > n_calls  # retrained, same tokenizer as before
+    assert Tokenizer.load(folder) == good  # the cache on disk is sound again
+
+
+def test_cache_that_verifies_but_does_not_load_is_rebuilt(monkeypatch, tmp_path, capsys):
+    """A damaged model sealed with a fresh manifest (as by a buggy tool): loading fails, rebuild."""
+    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path))
+    _fake_world(monkeypatch, "0.sealed", [])
+    good = course_tokenizer(vocab_size=200, num_scenes=300)
+    (folder,) = _cache_folders(tmp_path)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    _damage_truncate(folder / "spiece.model")
+    write_manifest(folder, meta=manifest["meta"])
+    capsys.readouterr()
+    assert course_tokenizer(vocab_size=200, num_scenes=300) == good
+    assert "cannot be used" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", [_damage_truncate, _damage_empty, _damage_random],
+                         ids=["truncated", "emptied", "random-bytes"])
+def test_loading_a_damaged_model_raises_value_error(tok, tmp_path, damage):
+    """Not sentencepiece's RuntimeError/IndexError, now or at the first encode."""
+    folder = tok.save(tmp_path / "tok")
+    damage(folder / "spiece.model")
+    with pytest.raises(ValueError, match="spiece.model"):
+        Tokenizer.load(folder)
+    with pytest.raises(ValueError, match="SentencePiece model"):
+        Tokenizer.load(folder / "spiece.model")
+    with pytest.raises(ValueError, match="not a SentencePiece model"):
+        Tokenizer((folder / "spiece.model").read_bytes())
+
+
+def test_two_processes_building_at_once_both_succeed(tmp_path):
+    """Two fresh processes ask for the same (uncached) course tokenizer at the same moment."""
+    script = textwrap.dedent("""
+        import sys, time
+        from pathlib import Path
+        from pali3_edu.tokenizer import course_tokenizer
+        go = Path(sys.argv[1])
+        (go / f"ready-{sys.argv[2]}").touch()
+        deadline = time.time() + 60
+        while len(list(go.glob("ready-*"))) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        tok = course_tokenizer(vocab_size=200, num_scenes=150)
+        print("FINGERPRINT", tok.fingerprint)
+    """)
+    env = {**os.environ, "PALI3_EDU_DATA": str(tmp_path / "data")}
+    go = tmp_path / "go"
+    go.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(go), str(i)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    prints = [[line.split()[1] for line in out.splitlines() if line.startswith("FINGERPRINT")]
+              for out, _ in outs]
+    assert prints[0] == prints[1] and len(prints[0]) == 1
+    folders = _cache_folders(tmp_path / "data")
+    assert len(folders) == 1 and Tokenizer.load(folders[0]).fingerprint == prints[0][0]
+    leftovers = [p.name for p in (tmp_path / "data" / "tokenizer").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
 
 
 def test_course_tokenizer_on_shapesworld():
-    pytest.importorskip("pali3_edu.data.shapesworld")
-    from pali3_edu.data.shapesworld import text_corpus
-
     tok = course_tokenizer()
     assert tok.padded_vocab_size <= 1792
-    for prompt in ["caption en", "answer en", "ocr", "detect", "segment"]:
+    for prompt in TASK_PREFIXES.values():
         for word in prompt.split():
             assert len(tok.encode(word, add_eos=False)) == 1, word  # every prompt word is one piece
     texts = text_corpus(30, split="test")
@@ -378,6 +531,39 @@ def test_course_tokenizer_on_shapesworld():
     assert all(tok.unk_id not in ids for ids in enc)
     assert tok.batch_decode([ids for ids in enc]) == texts
     assert sum(map(len, texts)) / sum(map(len, enc)) > 3.0  # whole words, not letters
+
+
+# --------------------------------------------------------------------------- fingerprint
+def test_fingerprint_identifies_model_and_layout(tok, tmp_path):
+    fp = tok.fingerprint
+    assert isinstance(fp, str) and len(fp) == 16 and int(fp, 16) >= 0
+    assert Tokenizer.load(tok.save(tmp_path / "t")).fingerprint == fp
+    assert Tokenizer(tok._model_proto).fingerprint == fp
+    assert Tokenizer(tok._model_proto, num_sentinels=99).fingerprint != fp
+    assert Tokenizer(tok._model_proto, mode_tokens=("[NLG]", "[NLU]", "[S2S]")).fingerprint != fp
+    # the mode tokens may also be given as pali3_edu.tokens.MODE_TOKENS (kind -> token)
+    assert Tokenizer(tok._model_proto, mode_tokens=MODE_TOKENS) == tok
+
+
+def test_fingerprint_tells_apart_tokenizers_of_the_same_size():
+    """Same vocabulary size, different training text: different ids, different fingerprint."""
+    a = train_tokenizer(_sentences(300), vocab_size=120)
+    b = train_tokenizer(_sentences(300, seed=5) + ["zebra zebra zebra"] * 50, vocab_size=120)
+    assert a.vocab_size == b.vocab_size
+    assert a.encode("zebra") != b.encode("zebra")
+    assert a.fingerprint != b.fingerprint
+
+
+def test_load_checks_the_saved_fingerprint(tok, tmp_path):
+    folder = tok.save(tmp_path / "t")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert config["fingerprint"] == tok.fingerprint
+    other = train_tokenizer(_sentences(300, seed=5), vocab_size=120)
+    (folder / "spiece.model").write_bytes(other._model_proto)  # swapped behind the config's back
+    config["vocab_size"] = other.vocab_size
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="fingerprint"):
+        Tokenizer.load(folder)
 
 
 # --------------------------------------------------------------------------- lesson 01 checks
@@ -399,17 +585,12 @@ def _right(box):
     ],
 )
 def test_check_encode_box_explains_mistakes(wrong, message):
-    pytest.importorskip("pali3_edu.data.tasks")
-    from pali3_edu.exercises.lesson01 import check_encode_box
-
     check_encode_box(_right)
     with pytest.raises(AssertionError, match=message):
         check_encode_box(wrong)
 
 
 def test_check_tokenizer_roundtrip(tok):
-    from pali3_edu.exercises.lesson01 import check_tokenizer_roundtrip
-
     check_tokenizer_roundtrip(tok)
 
     class Broken(Tokenizer):  # forgets the dummy-prefix strip: a space appears in front

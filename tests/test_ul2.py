@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pali3_edu import ul2
+from pali3_edu.tokens import IGNORE_INDEX, MODE_TOKENS
 from pali3_edu.ul2 import (
     UL2_DENOISERS,
     Denoiser,
@@ -53,7 +54,7 @@ def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-# ---------------------------------------------------------------- lengths (REFERENCE_FACTS)
+# ---------------------------------------------------------------- lengths (T5's own numbers)
 
 
 @pytest.mark.parametrize(
@@ -254,8 +255,8 @@ def test_ul2_batch_format_and_mixture_frequencies():
         inp = ids[b, :n_in]
         assert (ids[b, n_in:] == tok.pad_id).all()
         assert inp[0] == tok.mode_id(d.mode_token) and inp[-1] == tok.eos_id
-        tgt = labels[b][labels[b] != -100]
-        assert tgt[-1] == tok.eos_id and (labels[b, len(tgt):] == -100).all()
+        tgt = labels[b][labels[b] != IGNORE_INDEX]
+        assert tgt[-1] == tok.eos_id and (labels[b, len(tgt):] == IGNORE_INDEX).all()
         original = seqs[b][: 62 + 47]
         if d.kind == "S":
             rebuilt = torch.cat([inp[1:-1], tgt[:-1]])
@@ -276,7 +277,7 @@ def test_ul2_batch_crops_long_sequences_to_fit():
         batch = ul2_batch([long], UL2Mixture(), tok, gen(i), max_input_len=40,
                           max_target_len=24, denoiser_ids=torch.tensor([i]))
         assert int(batch["attention_mask"].sum()) <= 40
-        assert int((batch["labels"] != -100).sum()) <= 24
+        assert int((batch["labels"] != IGNORE_INDEX).sum()) <= 24
 
 
 def test_ul2_batch_is_deterministic():
@@ -370,3 +371,10 @@ def test_limited_sentinels_give_a_clear_error():
     assert int(r_batch["attention_mask"].sum()) == 512
     with pytest.raises(ValueError, match="sentinel tokens"):  # X μ3 r.5: 128 spans > 100
         ul2_batch([long], UL2Mixture(), Tok100(), gen(), 512, 512, denoiser_ids=torch.tensor([2]))
+
+
+def test_denoisers_use_the_shared_mode_tokens():
+    assert ul2.MODE_TOKENS is MODE_TOKENS
+    for d in UL2_DENOISERS:
+        assert d.mode_token == MODE_TOKENS[d.kind]
+    assert {d.kind: d.mode_token for d in UL2_DENOISERS} == {"R": "[NLU]", "X": "[NLG]", "S": "[S2S]"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from pali3_edu.bench.__main__ import positive_int, probability
 from pali3_edu.data.shapesworld import (
     ShapesWorldConfig,
     build_dataset,
@@ -32,12 +33,17 @@ def _rate(fn, n: int, repeats: int = 3) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pali3_edu.bench data", description=__doc__)
-    parser.add_argument("--size", type=int, default=64, help="image size in pixels (32..448)")
-    parser.add_argument("--num", type=int, default=2000, help="scenes per measurement")
-    parser.add_argument("--max-objects", type=int, default=3)
-    parser.add_argument("--word-prob", type=float, default=0.3)
-    args = parser.parse_args(argv or [])
-    cfg = ShapesWorldConfig(image_size=args.size, max_objects=args.max_objects, word_prob=args.word_prob)
+    parser.add_argument("--size", type=positive_int, default=64,
+                        help="image size in pixels (32..448)")
+    parser.add_argument("--num", type=positive_int, default=2000, help="scenes per measurement")
+    parser.add_argument("--max-objects", type=positive_int, default=3)
+    parser.add_argument("--word-prob", type=probability, default=0.3)
+    args = parser.parse_args([] if argv is None else argv)
+    try:
+        cfg = ShapesWorldConfig(image_size=args.size, max_objects=args.max_objects,
+                                word_prob=args.word_prob)
+    except ValueError as e:  # e.g. an image size outside 32..448
+        parser.error(str(e))
     build_dataset("train", 8, cfg)  # warm up imports (datasets, pyarrow) and font caches
 
     rows = [

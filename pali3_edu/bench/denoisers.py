@@ -14,21 +14,31 @@ import time
 
 import torch
 
+from pali3_edu.bench.__main__ import positive_float, positive_int
 from pali3_edu.config import get_config
+from pali3_edu.tokens import EOS_ID, MODE_TOKENS, NUM_SENTINELS, PAD_ID
 from pali3_edu.ul2 import UL2Mixture, ul2_batch
 
 
 class _Ids:
-    """Special ids laid out like the course tokenizer's (``<extra_id_0>`` highest)."""
+    """The special ids of the course tokenizer's layout, without training a SentencePiece model.
+
+    The top of a ``vocab_size`` vocabulary holds the mode tokens ``[NLU] [NLG] [S2S]`` (in that
+    order), then the sentinels ``<extra_id_99>`` … ``<extra_id_0>`` (``<extra_id_0>`` highest).
+    """
 
     def __init__(self, vocab_size: int) -> None:
-        self.vocab_size, self.pad_id, self.eos_id = vocab_size, 0, 1
+        self.vocab_size, self.pad_id, self.eos_id = vocab_size, PAD_ID, EOS_ID
+        self.modes = tuple(MODE_TOKENS.values())
+        self.mode_start = vocab_size - NUM_SENTINELS - len(self.modes)
 
     def sentinel_id(self, i: int) -> int:
+        if not 0 <= i < NUM_SENTINELS:
+            raise ValueError(f"sentinel {i} out of range: there are {NUM_SENTINELS}")
         return self.vocab_size - 1 - i
 
     def mode_id(self, mode: str) -> int:
-        return self.vocab_size - 101 - ("[NLU]", "[NLG]", "[S2S]").index(mode)
+        return self.mode_start + self.modes.index(mode)
 
 
 def _rate(fn, seconds: float) -> tuple[float, int]:
@@ -44,19 +54,25 @@ def _rate(fn, seconds: float) -> tuple[float, int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pali3_edu.bench denoisers",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--length", type=int, default=96, help="raw tokens per example")
-    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    parser.add_argument("--batch", type=positive_int, default=32)
+    parser.add_argument("--length", type=positive_int, default=96, help="raw tokens per example")
+    parser.add_argument("--seconds", type=positive_float, default=3.0,
+                        help="time per measurement")
     parser.add_argument("--preset", default="tiny-cpu", help="encdec preset for the model step")
     args = parser.parse_args(argv)
+    if args.length < 2:
+        parser.error("--length must be at least 2 (span corruption hides some tokens, keeps some)")
 
     from pali3_edu.encdec import EncoderDecoder  # imported late: the data part does not need it
 
-    cfg = get_config("encdec", args.preset)
+    try:
+        cfg = get_config("encdec", args.preset)
+    except ValueError as e:
+        parser.error(str(e))
     ids = _Ids(cfg.vocab_size)
     g = torch.Generator().manual_seed(0)
     mixture = UL2Mixture()
-    chunks = torch.randint(3, cfg.vocab_size - 300, (args.batch, args.length), generator=g)
+    chunks = torch.randint(3, ids.mode_start, (args.batch, args.length), generator=g)
     max_in, max_out = args.length + 2, args.length + 1
 
     def make_batch() -> dict[str, torch.Tensor]:

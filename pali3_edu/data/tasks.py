@@ -11,6 +11,9 @@ The encoder sees the image tokens plus the *prefix* (the prompt); the decoder le
 | detect   | ``detect circle``            | ``<loc0123><loc0456><loc0789><loc0999> circle ; …`` |
 | refer    | ``detect red circle``        | ``<loc…><loc…><loc…><loc…> red circle`` (one box)   |
 
+The prefixes and the number of location bins come from :mod:`pali3_edu.tokens`, the one place
+where the course writes its token facts down.
+
 Boxes become four location tokens ``y0 x0 y1 x1``, each one of ``NUM_LOC_BINS = 1024`` bins.
 
 **Binning convention.** A coordinate ``v`` in [0, 1] is encoded as ``round(v * 1023)`` and decoded
@@ -27,14 +30,23 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-TASKS: tuple[str, ...] = ("caption", "vqa", "ocr", "detect", "refer")
-NUM_LOC_BINS = 1024
-LOC_TOKENS: tuple[str, ...] = tuple(f"<loc{i:04d}>" for i in range(NUM_LOC_BINS))
-PREFIXES = {"caption": "caption en", "vqa": "answer en", "ocr": "ocr", "detect": "detect", "refer": "detect"}
+from pali3_edu.tokens import NUM_LOC_BINS, TASK_PREFIXES, bin_to_coord, coord_to_bin, loc_token
+
+TASKS: tuple[str, ...] = tuple(TASK_PREFIXES)  # ("caption", "vqa", "ocr", "detect", "refer")
+LOC_TOKENS: tuple[str, ...] = tuple(loc_token(i) for i in range(NUM_LOC_BINS))
+PREFIXES = TASK_PREFIXES  # the older name, kept as an alias
 SEPARATOR = " ; "  # between detected instances
 
-_LOC_RE = re.compile(r"<loc(\d{4})>")
-_INSTANCE_RE = re.compile(r"^((?:<loc\d{4}>){4})\s*(.*)$", re.DOTALL)
+# ASCII digits only: ``\d`` would also accept other scripts' digits ("<loc٠١٢٣>"), which int()
+# happily converts but which no tokenizer ever writes.
+_LOC_RE = re.compile(r"<loc([0-9]{4})>")
+_INSTANCE_RE = re.compile(r"^((?:<loc[0-9]{4}>){4})\s*(.*)$", re.DOTALL)
+# Any token of the course vocabulary that is not ordinary text (a label must not contain one).
+_SPECIAL_RE = re.compile(
+    r"<(?:pad|/s|unk|loc[0-9]*|seg[0-9]*|extra_id_[0-9]+)>|\[(?:NLU|NLG|S2S)\]"
+)
+_END_RE = re.compile(r"(?:\s*<pad>)+\s*$")  # padding after the output
+_START_RE = re.compile(r"^\s*(?:<pad>\s*)+")  # the decoder-start token (pad) before it
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,19 +78,31 @@ def encode_box(box: Sequence[float]) -> str:
         raise ValueError(f"Box {box!r}: y1={y1} < y0={y0}; the order is (y0, x0, y1, x1), top before bottom.")
     if x1 < x0:
         raise ValueError(f"Box {box!r}: x1={x1} < x0={x0}; the order is (y0, x0, y1, x1), left before right.")
-    return "".join(LOC_TOKENS[round(v * (NUM_LOC_BINS - 1))] for v in values)
+    return "".join(LOC_TOKENS[coord_to_bin(v)] for v in values)
 
 
 def decode_box(text: str) -> tuple[float, float, float, float]:
     """``"<loc0123><loc0456><loc0789><loc0999>"`` -> ``(y0, x0, y1, x1)`` with ``v = bin / 1023``.
 
-    Raises ``ValueError`` unless ``text`` is exactly four location tokens (surrounding spaces ok).
+    Raises ``ValueError`` unless ``text`` is exactly four location tokens (surrounding spaces ok)
+    that make a valid box: an inverted one (``y1 < y0`` or ``x1 < x0``, e.g. the corners
+    written in the wrong order) is an error too, as in :func:`encode_box`. To read a model's
+    output without exceptions use :func:`parse_detection`.
     """
+    if not isinstance(text, str):
+        raise TypeError(f"decode_box() takes a str of four <loc> tokens, got {type(text).__name__}")
     text = text.strip()
     bins = [int(b) for b in _LOC_RE.findall(text)]
     if len(bins) != 4 or "".join(LOC_TOKENS[b] if b < NUM_LOC_BINS else "" for b in bins) != text:
         raise ValueError(f"Expected exactly four tokens <loc0000>..<loc1023>, got {text!r}")
-    return tuple(b / (NUM_LOC_BINS - 1) for b in bins)  # type: ignore[return-value]
+    y0, x0, y1, x1 = (bin_to_coord(b) for b in bins)
+    if y1 < y0 or x1 < x0:
+        which = "y1 < y0 (bottom above top)" if y1 < y0 else "x1 < x0 (right edge left of the left)"
+        raise ValueError(
+            f"{text!r} is an inverted box: {which}. The order is y0 x0 y1 x1 (top-left corner, "
+            "then bottom-right corner); use parse_detection() to read model output without raising."
+        )
+    return (y0, x0, y1, x1)
 
 
 def format_detection(boxes: Sequence[Sequence[float]], labels: Sequence[str]) -> str:
@@ -107,11 +131,19 @@ def parse_detection(text: str) -> DetectionResult:
 
     Well-formed output is zero or more instances ``<locA><locB><locC><locD> label`` joined by
     ``;``. Empty text means "nothing detected" (ok). Anything else — missing or extra location
-    tokens, bins above 1023, a box with y1 < y0 or x1 < x0, a missing label — gives ``ok=False``.
+    tokens, bins above 1023, digits other than ASCII 0-9, a box with y1 < y0 or x1 < x0, a missing
+    label, a label holding a special token (``<unk>``, ``<seg…>``, ``[NLU]``, ``<extra_id_…>``, a
+    ``<pad>`` in the middle) — makes that instance invalid: it is left out and ``ok=False``.
+
+    Text decoded without ``skip_special_tokens`` is accepted: the output ends at the first
+    ``</s>`` (what follows is not part of it, as in ``Tokenizer.batch_decode``), and ``<pad>``
+    tokens before it (the decoder-start token) or after it (batch padding) are dropped.
     """
     result = DetectionResult()
     if not isinstance(text, str):
         return DetectionResult(ok=False, error=f"expected a string, got {type(text).__name__}")
+    text = text.split("</s>", 1)[0]
+    text = _END_RE.sub("", _START_RE.sub("", text))
     if not text.strip():
         return result
     errors: list[str] = []
@@ -133,11 +165,15 @@ def parse_detection(text: str) -> DetectionResult:
         if not label:
             errors.append(f"{where}: the box has no label after its 4 location tokens")
             continue
+        special = _SPECIAL_RE.search(label)
+        if special is not None:
+            errors.append(f"{where}: the label contains the special token {special.group()!r}")
+            continue
         bins = [int(b) for b in _LOC_RE.findall(locs)]
         if max(bins) >= NUM_LOC_BINS:
             errors.append(f"{where}: location bin {max(bins)} > {NUM_LOC_BINS - 1}")
             continue
-        y0, x0, y1, x1 = (b / (NUM_LOC_BINS - 1) for b in bins)
+        y0, x0, y1, x1 = (bin_to_coord(b) for b in bins)
         if y1 < y0 or x1 < x0:
             errors.append(f"{where}: box has y1 < y0 or x1 < x0 (order is y0 x0 y1 x1)")
             continue
@@ -191,18 +227,18 @@ def make_example(record: dict[str, Any], task: str, rng: random.Random, caption:
             raise ValueError(f"caption must be 'canonical' or 'random', got {caption!r}")
         if not text:
             raise ValueError("This record has no caption, so it cannot make a 'caption' example.")
-        return {"prefix": PREFIXES["caption"], "suffix": text, "task": task}
+        return {"prefix": TASK_PREFIXES["caption"], "suffix": text, "task": task}
     if task == "vqa":
         qa = list(record.get("qa") or [])
         if not qa:
             raise ValueError("This record has no question/answer pairs, so it cannot make a 'vqa' example.")
         pair = rng.choice(qa)
-        return {"prefix": f"{PREFIXES['vqa']} {pair['question']}", "suffix": pair["answer"], "task": task}
+        return {"prefix": f"{TASK_PREFIXES['vqa']} {pair['question']}", "suffix": pair["answer"], "task": task}
     if task == "ocr":
         if not record.get("word"):
             raise ValueError("This scene has no written word, so it cannot make an 'ocr' example; "
                              "pick another task (or use word_prob=1.0 for OCR data).")
-        return {"prefix": PREFIXES["ocr"], "suffix": record["word"], "task": task}
+        return {"prefix": TASK_PREFIXES["ocr"], "suffix": record["word"], "task": task}
     objects = list(record.get("objects") or [])
     if not objects:
         raise ValueError(f"This record has no objects, so it cannot make a {task!r} example.")
@@ -210,7 +246,7 @@ def make_example(record: dict[str, Any], task: str, rng: random.Random, caption:
         label = rng.choice(sorted({_label(o) for o in objects}))
         chosen = _reading_order([o for o in objects if _label(o) == label])
         suffix = format_detection([o["box"] for o in chosen], [label] * len(chosen))
-        return {"prefix": f"{PREFIXES['detect']} {label}", "suffix": suffix, "task": task}
+        return {"prefix": f"{TASK_PREFIXES['detect']} {label}", "suffix": suffix, "task": task}
     # refer: one object, named unambiguously
     names = [_name(o) for o in objects]
     unique = [o for o, n in zip(objects, names) if names.count(n) == 1]
@@ -218,7 +254,7 @@ def make_example(record: dict[str, Any], task: str, rng: random.Random, caption:
         raise ValueError("No object in this record has a unique name, so 'refer' is ambiguous here.")
     obj = rng.choice(unique)
     name = _name(obj)
-    return {"prefix": f"{PREFIXES['refer']} {name}", "suffix": f"{encode_box(obj['box'])} {name}", "task": task}
+    return {"prefix": f"{TASK_PREFIXES['refer']} {name}", "suffix": f"{encode_box(obj['box'])} {name}", "task": task}
 
 
 def possible_tasks(record: dict[str, Any]) -> list[str]:

@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pali3_edu.tokens import MODE_TOKENS, NUM_LOC_BINS, NUM_SEG_TOKENS, NUM_SENTINELS
+
 Box = tuple[float, float, float, float]
 
 _LOC_RE = re.compile(r"<loc(\d+)>")
@@ -114,7 +116,7 @@ def check_tokenizer_roundtrip(tok: Any, texts: Sequence[str] | None = None) -> N
             "<loc0001><loc0002><loc0003><loc0004> circle ; "
             "<loc0100><loc0200><loc0300><loc0400> square",
             "[NLU] the <extra_id_0> is red <extra_id_1>",
-            "segment star <seg000><seg127>",
+            "a star mask <seg000><seg127>",
         ]
     for text in texts:
         ids = tok.encode(text)
@@ -123,8 +125,9 @@ def check_tokenizer_roundtrip(tok: Any, texts: Sequence[str] | None = None) -> N
         )
         back = tok.decode(ids[:-1])
         assert back == text, f"round trip failed: {text!r} -> {ids} -> {back!r}"
-    specials = ["<loc0000>", "<loc1023>", "<seg000>", "<seg127>", "[NLU]", "[NLG]", "[S2S]",
-                "<extra_id_0>", "<extra_id_99>"]
+    specials = ["<loc0000>", f"<loc{NUM_LOC_BINS - 1:04d}>", "<seg000>",
+                f"<seg{NUM_SEG_TOKENS - 1:03d}>", *MODE_TOKENS.values(),
+                "<extra_id_0>", f"<extra_id_{NUM_SENTINELS - 1}>"]
     for s in specials:
         ids = tok.encode(s, add_eos=False)
         assert len(ids) == 1, f"{s} should be one token, got {len(ids)} ids: {ids}"

@@ -47,8 +47,9 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 try:  # POSIX advisory locks; absent on Windows
     import fcntl
@@ -353,8 +354,19 @@ def build_or_load_dir(
 
 
 __all__ = [
-    "MANIFEST_NAME", "LOCK_SUFFIX", "TMP_MARKER", "DAMAGED_MARKER",
-    "build_or_load_dir", "write_manifest", "read_manifest", "verify_manifest", "sha256_file",
-    "file_lock", "lock_path", "atomic_write_bytes", "atomic_write_text", "discard_dir",
+    "DAMAGED_MARKER",
+    "LOCK_SUFFIX",
+    "MANIFEST_NAME",
+    "TMP_MARKER",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "build_or_load_dir",
+    "discard_dir",
+    "file_lock",
+    "lock_path",
+    "read_manifest",
+    "sha256_file",
+    "verify_manifest",
+    "write_manifest",
 ]
 

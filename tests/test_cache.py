@@ -57,8 +57,8 @@ def test_manifest_lists_every_file_and_verifies(tmp_path):
 
 def test_verify_finds_truncation_flipped_bytes_missing_files_and_no_manifest(tmp_path):
     _fill(tmp_path)
-    assert verify_manifest(tmp_path) == [f"{MANIFEST_NAME} is missing (an interrupted build, or a "
-                                         "cache from an older version)"]
+    missing = f"{MANIFEST_NAME} is missing (an interrupted build, or a cache from an older version)"
+    assert verify_manifest(tmp_path) == [missing]
     write_manifest(tmp_path)
     data = (tmp_path / "a.bin").read_bytes()
     (tmp_path / "a.bin").write_bytes(data[:-10])  # truncated

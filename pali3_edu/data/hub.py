@@ -30,14 +30,16 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from PIL import Image
 
 
 def hub_features(decode: bool = True):
     """``datasets.Features`` of a mapped hub data set (see the module docstring)."""
-    from datasets import Features, Image as ImageFeature, List, Value
+    from datasets import Features, List, Value
+    from datasets import Image as ImageFeature
 
     string = Value("string")
     return Features({

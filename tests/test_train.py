@@ -1,12 +1,22 @@
-"""The shared training loop: schedule, resume without loss, clear checkpoint errors."""
+"""The shared training loop: schedule, exact resume, parameter groups, refusals with clear errors."""
 
+import json
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from pali3_edu.train import CheckpointError, TrainConfig, load_checkpoint, lr_at, save_checkpoint, train
+from pali3_edu.train import (
+    CheckpointError,
+    ParamGroup,
+    TrainConfig,
+    load_checkpoint,
+    lr_at,
+    save_checkpoint,
+    train,
+    unwrap,
+)
 
 
 def _batch(step: int) -> dict[str, torch.Tensor]:
@@ -24,6 +34,11 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
 
 
+def _dropout_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.Tanh(), nn.Linear(8, 1))
+
+
 CFG = TrainConfig(steps=40, lr=0.02, warmup_steps=5, log_every=1)
 
 
@@ -33,19 +48,23 @@ def test_loss_falls():
 
 
 def test_resume_equals_uninterrupted(tmp_path):
-    full = _model()
-    h_full = train(full, _loss, _batch, CFG, checkpoint=tmp_path / "full.pt", progress=False)
+    cfg = TrainConfig(steps=40, lr=0.02, warmup_steps=5, log_every=1, grad_accum=2)
+    full = _dropout_model()
+    h_full = train(full, _loss, _batch, cfg, checkpoint=tmp_path / "full.pt", progress=False)
 
-    part = _model()
-    train(part, _loss, _batch, CFG, checkpoint=tmp_path / "part.pt", progress=False, stop_after=17)
-    assert load_checkpoint(tmp_path / "part.pt")["step"] == 17
-    fresh = _model()  # a new process: new model object, same checkpoint file
-    h_part = train(fresh, _loss, _batch, CFG, checkpoint=tmp_path / "part.pt", progress=False)
+    part = _dropout_model()
+    train(part, _loss, _batch, cfg, checkpoint=tmp_path / "part.pt", progress=False, stop_after=17)
+    state = load_checkpoint(tmp_path / "part.pt")
+    assert state["step"] == 17 and state["data_position"] == 34
+    fresh = _dropout_model()  # a new process: new model object, same checkpoint folder
+    torch.manual_seed(123)  # whatever the random state, the checkpoint's is restored
+    h_part = train(fresh, _loss, _batch, cfg, checkpoint=tmp_path / "part.pt", progress=False)
 
     assert h_part.resumed_from == 17
     for a, b in zip(full.parameters(), fresh.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert h_part.losses == pytest.approx(h_full.losses)
+        assert torch.equal(a, b)  # bit-identical, dropout masks included
+    assert h_part.losses == h_full.losses
+    assert h_part.rows == h_full.rows
 
 
 def test_finished_checkpoint_does_not_retrain(tmp_path):
@@ -94,3 +113,191 @@ def test_nan_loss_is_reported():
 
     with pytest.raises(FloatingPointError, match="learning rate"):
         train(_model(), bad_loss, _batch, TrainConfig(steps=2), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-finite values: no update, no checkpoint
+# ---------------------------------------------------------------------------------------------
+
+
+def _nan_from(first_bad: int):
+    def get_batch(i):
+        batch = _batch(i)
+        if i >= first_bad:
+            batch["x"] = batch["x"] * float("nan")
+        return batch
+
+    return get_batch
+
+
+def test_nan_keeps_previous_checkpoint_and_weights(tmp_path):
+    ckpt = tmp_path / "c"
+    cfg = TrainConfig(steps=20, lr=0.02, warmup_steps=2, log_every=1, checkpoint_every=5)
+    model = _model()
+    snapshot = {}
+
+    def loss(model, batch):  # remembers the weights before step 7's update would happen
+        if torch.isnan(batch["x"]).any():
+            snapshot.update({k: v.clone() for k, v in model.state_dict().items()})
+        return _loss(model, batch)
+
+    with pytest.raises(FloatingPointError, match="step 7.*learning rate") as err:
+        train(model, loss, _nan_from(7), cfg, checkpoint=ckpt, progress=False)
+    assert "no checkpoint was written" in str(err.value)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snapshot[k])  # the optimizer did not step
+    manifest = json.loads((ckpt / "meta.json").read_text())
+    assert manifest["step"] == 5  # the last good one, not a checkpoint after the NaN
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_nan_right_after_resume_blames_the_checkpoint(tmp_path):
+    ckpt = tmp_path / "c"
+    train(_model(), _loss, _batch, CFG, checkpoint=ckpt, progress=False, stop_after=5)
+    with pytest.raises(FloatingPointError, match="may be bad"):
+        train(_model(), _loss, _nan_from(5), CFG, checkpoint=ckpt, progress=False)
+
+
+class _InfGrad(torch.autograd.Function):
+    """Forward: 0 (the loss stays finite). Backward: an infinite gradient."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.sum() * 0
+
+    @staticmethod
+    def backward(ctx, g):
+        return torch.full(ctx.shape, float("inf"))
+
+
+def test_infinite_gradient_is_caught():
+    model = _model()
+    before = [p.clone() for p in model.parameters()]
+
+    def loss(model, batch):
+        return _loss(model, batch) + _InfGrad.apply(model[0].weight)
+
+    with pytest.raises(FloatingPointError, match="gradient norm inf"):
+        train(model, loss, _batch, TrainConfig(steps=2, grad_clip=None), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------
+# A resume must continue the same run
+# ---------------------------------------------------------------------------------------------
+
+
+def test_resume_with_changed_config_or_meta_is_refused(tmp_path):
+    ckpt = tmp_path / "c"
+    meta = {"recipe": {"data": {"size": 1}, "name": "x"}}
+    train(_model(), _loss, _batch, CFG, checkpoint=ckpt, progress=False, stop_after=3, meta=meta)
+    with pytest.raises(CheckpointError, match=r"lr: 0\.02 -> 0\.01.*Delete the folder"):
+        train(_model(), _loss, _batch, TrainConfig(**{**CFG.__dict__, "lr": 0.01}), checkpoint=ckpt,
+              progress=False, meta=meta)
+    with pytest.raises(CheckpointError, match=r"meta\.recipe\.data\.size: 1 -> 2"):
+        train(_model(), _loss, _batch, CFG, checkpoint=ckpt, progress=False,
+              meta={"recipe": {"data": {"size": 2}, "name": "x"}})
+    with pytest.raises(CheckpointError, match=r"meta: None -> |meta\.recipe"):
+        train(_model(), _loss, _batch, CFG, checkpoint=ckpt, progress=False)
+    # logging and checkpoint frequency cannot change the weights: allowed
+    h = train(_model(), _loss, _batch, TrainConfig(**{**CFG.__dict__, "log_every": 7, "checkpoint_every": 9}),
+              checkpoint=ckpt, progress=False, meta=meta)
+    assert h.resumed_from == 3
+
+
+def test_resume_into_another_model_names_the_keys(tmp_path):
+    ckpt = tmp_path / "c"
+    train(_model(), _loss, _batch, CFG, checkpoint=ckpt, progress=False, stop_after=3)
+    other = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1), nn.Identity())
+    other.add_module("4", nn.Linear(1, 1))
+    with pytest.raises(CheckpointError, match=r"missing: 4\.weight, 4\.bias"):
+        train(other, _loss, _batch, CFG, checkpoint=ckpt, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input, clear errors
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field, value, hint", [
+    ("steps", 0, "steps must be an integer >= 1"),
+    ("grad_accum", 0, "grad_accum must be an integer >= 1"),
+    ("log_every", 0, "log_every must be an integer >= 1"),
+    ("amp_dtype", "fp32", "use None for fp32"),
+    ("lr", 0.0, "lr must be a positive number"),
+    ("lr", -1e-3, "lr must be a positive number"),
+    ("parallel", "tp", "parallel must be"),
+])
+def test_bad_config_values(field, value, hint):
+    with pytest.raises(ValueError, match=hint):
+        TrainConfig(**{field: value})
+
+
+def test_non_scalar_loss_is_refused():
+    def loss(model, batch):
+        return (model(batch["x"]) - batch["y"]) ** 2  # forgot .mean()
+
+    with pytest.raises(ValueError, match=r"return a scalar, e\.g\. loss\.mean\(\)"):
+        train(_model(), loss, _batch, CFG, progress=False)
+
+
+def test_empty_batch_is_refused():
+    def get_batch(i):
+        return {"x": torch.zeros(0, 4), "y": torch.zeros(0, 1)}
+
+    with pytest.raises(ValueError, match="empty batch"):
+        train(_model(), _loss, get_batch, CFG, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter groups
+# ---------------------------------------------------------------------------------------------
+
+
+def test_param_groups_get_their_own_lr(tmp_path):
+    model = _model()
+    first, last = model[0].weight.clone(), model[2].weight.clone()
+    groups = [ParamGroup(model[0], lr_scale=0.0, weight_decay=0.5), ParamGroup(model[2], lr_scale=0.5)]
+    cfg = TrainConfig(steps=6, lr=0.02, warmup_steps=0, schedule="constant")
+    train(model, _loss, _batch, cfg, checkpoint=tmp_path / "c", param_groups=groups, progress=False)
+    assert torch.equal(model[0].weight, first)  # lr 0 (even with weight decay): unchanged
+    assert not torch.equal(model[2].weight, last)
+    saved = load_checkpoint(tmp_path / "c")["optimizer"]["param_groups"]
+    got = {name: (g["lr"], g["weight_decay"]) for g in saved for name in g["params"]}
+    assert got == {"0.weight": (0.0, 0.5), "0.bias": (0.0, 0.0),  # decay only on matrices
+                   "2.weight": (0.01, 0.01), "2.bias": (0.01, 0.0)}
+
+
+def test_frozen_modules_are_not_in_the_optimizer(tmp_path):
+    model = _model()
+    model[0].requires_grad_(False)
+    frozen = model[0].weight.clone()
+    train(model, _loss, _batch, CFG, checkpoint=tmp_path / "c", progress=False,
+          param_groups=[ParamGroup([model[0], model[2]])])
+    assert torch.equal(model[0].weight, frozen)
+    saved = load_checkpoint(tmp_path / "c")["optimizer"]
+    names = [n for g in saved["param_groups"] for n in g["params"]]
+    assert sorted(names) == ["2.bias", "2.weight"]
+    assert sorted(saved["state"]) == ["2.bias", "2.weight"]
+
+
+def test_parameter_in_two_groups_is_refused():
+    model = _model()
+    with pytest.raises(ValueError, match="one group"):
+        train(model, _loss, _batch, CFG, progress=False,
+              param_groups=[ParamGroup(model), ParamGroup(model[2])])
+
+
+def test_logged_extras_summary_line_and_unwrap(capsys):
+    def loss(model, batch):
+        assert unwrap(model) is model  # one process: nothing wrapped
+        value = _loss(model, batch)
+        return {"loss": value, "half": value.detach() / 2}
+
+    h = train(_model(), loss, _batch, TrainConfig(steps=5, log_every=2), progress=True)
+    assert h.steps == [0.0, 2.0, 4.0]
+    assert h.column("half") == pytest.approx([x / 2 for x in h.losses])
+    assert all(r["grad_norm"] > 0 for r in h.rows)
+    out = capsys.readouterr().out
+    assert f"train: 5/5 steps, loss {h.losses[-1]:.3f}" in out

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pali3_edu.data.shapesworld import ShapesWorldConfig, generate_scene, scene_record
 from pali3_edu import tokens
+from pali3_edu.data.shapesworld import ShapesWorldConfig, generate_scene, scene_record
 from pali3_edu.data.tasks import (
     NUM_LOC_BINS,
     PREFIXES,

@@ -462,6 +462,8 @@ def train(
             print(f"train: the checkpoint holds random states of {len(rng)} processes, this run has "
                   f"{info.world_size}; dropout masks after the resume differ from an uninterrupted run.")
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp_dtype == "fp16")
+    if state is not None and state.get("grad_scaler"):
+        scaler.load_state_dict(state["grad_scaler"])  # fp16: the loss scale it had reached
 
     def save(step: int) -> None:
         if ckpt is None:
@@ -472,7 +474,7 @@ def train(
             save_checkpoint(
                 ckpt, weights, optimizer=optim, step=step, data_position=step * cfg.grad_accum,
                 history=asdict(history), train_config=asdict(cfg), meta=meta, rng=rng,
-                world_size=info.world_size,
+                world_size=info.world_size, grad_scaler=scaler.state_dict(),
             )
         barrier()
 
@@ -507,6 +509,8 @@ def train(
                         out = _scalars(loss_fn(wrapped, batch))
                     scaler.scale(out["loss"] / accum).backward()
                 for k, v in out.items():
+                    if hasattr(v, "full_tensor"):  # FSDP: a value read from a sharded parameter
+                        v = v.full_tensor()
                     v = v.detach().float().reshape(()) if isinstance(v, torch.Tensor) else torch.tensor(float(v))
                     sums[k] = sums[k] + v / accum if k in sums else v / accum
             scaler.unscale_(opt)  # no-op without fp16

@@ -301,3 +301,21 @@ def test_logged_extras_summary_line_and_unwrap(capsys):
     assert all(r["grad_norm"] > 0 for r in h.rows)
     out = capsys.readouterr().out
     assert f"train: 5/5 steps, loss {h.losses[-1]:.3f}" in out
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_resumes_exactly(tmp_path, amp):
+    def loss(model, batch):
+        return ((model(batch["x"]).float() - batch["y"]) ** 2).mean()
+
+    cfg = TrainConfig(steps=20, lr=0.02, warmup_steps=2, log_every=1, amp_dtype=amp)
+    full = _model()
+    h_full = train(full, loss, _batch, cfg, checkpoint=tmp_path / "full", device="cpu", progress=False)
+    assert h_full.losses[-1] < 0.5 * h_full.losses[0]
+    part = _model()
+    train(part, loss, _batch, cfg, checkpoint=tmp_path / "part", device="cpu", progress=False, stop_after=7)
+    h_part = train(_model(), loss, _batch, cfg, checkpoint=tmp_path / "part", device="cpu", progress=False)
+    assert h_part.losses == h_full.losses
+    resumed = load_checkpoint(tmp_path / "part")["model"]
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed[k])

@@ -22,9 +22,10 @@ With one process (``WORLD_SIZE`` unset) everything here is a no-op.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist

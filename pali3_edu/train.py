@@ -600,7 +600,10 @@ def _full_state(model: nn.Module, opt: torch.optim.Optimizer, parallel: str) -> 
 
 
 def _load_optimizer(model: nn.Module, opt: torch.optim.Optimizer, state: dict[str, Any], folder: Path) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
 
     saved = state.get("optimizer")
     if not isinstance(saved, dict) or "param_groups" not in saved:

@@ -15,7 +15,7 @@ from torch import nn
 from pali3_edu.train import ParamGroup, TrainConfig, load_checkpoint, train
 
 WORLD = 2
-BASE = dict(steps=12, lr=0.05, warmup_steps=3, log_every=1)
+BASE = {"steps": 12, "lr": 0.05, "warmup_steps": 3, "log_every": 1}
 
 
 def _batch(i: int) -> dict[str, torch.Tensor]:
@@ -42,9 +42,9 @@ def _groups(model: nn.Module) -> list[ParamGroup]:
 
 
 SCENARIOS = {
-    "ddp": dict(cfg=dict(parallel="ddp"), groups=False),
-    "ddp_accum2": dict(cfg=dict(parallel="ddp", grad_accum=2), groups=False),
-    "fsdp_accum2_groups": dict(cfg=dict(parallel="fsdp", grad_accum=2), groups=True),
+    "ddp": {"cfg": {"parallel": "ddp"}, "groups": False},
+    "ddp_accum2": {"cfg": {"parallel": "ddp", "grad_accum": 2}, "groups": False},
+    "fsdp_accum2_groups": {"cfg": {"parallel": "fsdp", "grad_accum": 2}, "groups": True},
 }
 
 
@@ -60,6 +60,24 @@ def _run(name: str, folder: str, parallel: bool, stop_after: int | None = None, 
     return history
 
 
+def _nan_batch(i: int) -> dict[str, torch.Tensor]:
+    batch = _batch(i)
+    if i >= 4:
+        batch["x"][-1] = float("nan")  # one bad row, in rank 1's half only
+    return batch
+
+
+def _nan_run(folder: str) -> str:
+    """Both ranks must stop at the same step (no hang), without writing a checkpoint."""
+    cfg = TrainConfig(**dict(BASE, parallel="ddp", checkpoint_every=2))
+    try:
+        train(_model(), _loss, _nan_batch, cfg, checkpoint=os.path.join(folder, "nan"), device="cpu",
+              progress=False)
+    except FloatingPointError as err:
+        return str(err)
+    return "no error"
+
+
 def _worker(rank, world, port, folder):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -72,8 +90,9 @@ def _worker(rank, world, port, folder):
             _run(name, os.path.join(folder, "part"), parallel=True, stop_after=5)
             seen = list(SEEN[:2])
             resumed = _run(name, os.path.join(folder, "part"), parallel=True)
-            out[name] = dict(losses=full.losses, resumed_losses=resumed.losses,
-                             resumed_from=resumed.resumed_from, seen=seen)
+            out[name] = {"losses": full.losses, "resumed_losses": resumed.losses,
+                             "resumed_from": resumed.resumed_from, "seen": seen}
+        out["nan"] = _nan_run(folder)
         torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -153,3 +172,10 @@ def test_parallel_without_process_group_trains_as_one(capsys):
               device="cpu", progress=False)
     assert len(h.losses) == 3
     assert "trains as parallel='none'" in capsys.readouterr().out
+
+
+def test_non_finite_on_one_rank_stops_every_rank(runs):
+    folder, ranks = runs
+    for rank in ranks:
+        assert "Not finite at step 4" in rank["nan"]
+    assert load_checkpoint(os.path.join(folder, "nan"))["step"] == 4  # the last good one

@@ -179,3 +179,40 @@ def test_non_finite_on_one_rank_stops_every_rank(runs):
     for rank in ranks:
         assert "Not finite at step 4" in rank["nan"]
     assert load_checkpoint(os.path.join(folder, "nan"))["step"] == 4  # the last good one
+
+
+TORCHRUN_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import torch
+torch.set_num_threads(1)
+from test_train_distributed import _run
+_run("ddp_accum2", {folder!r}, parallel=True)
+import torch.distributed as dist
+print("world", dist.get_world_size(), "rank", dist.get_rank())
+"""
+
+
+def test_torchrun_environment(tmp_path):
+    """Started by torchrun, ``train`` reads RANK/WORLD_SIZE/LOCAL_RANK and joins the group itself."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "job.py"
+    script.write_text(TORCHRUN_SCRIPT.format(tests=str(Path(__file__).parent), folder=str(tmp_path / "tr")))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PALI3_DEVICE": "cpu"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "world 2 rank 0" in proc.stdout and "world 2 rank 1" in proc.stdout
+    single = _run("ddp_accum2", str(tmp_path / "one"), parallel=False)
+    got = load_checkpoint(tmp_path / "tr" / "ddp_accum2")
+    ref = load_checkpoint(tmp_path / "one" / "ddp_accum2")
+    assert got["world_size"] == 2
+    losses = [row["loss"] for row in got["history"]["rows"]]
+    assert losses == pytest.approx(single.losses, rel=1e-6, abs=1e-6)
+    for k, v in ref["model"].items():
+        torch.testing.assert_close(got["model"][k], v, rtol=1e-6, atol=1e-6)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from pali3_edu.config import EncDecConfig, ViTConfig, get_config
 from pali3_edu.encdec import EncoderDecoder
 from pali3_edu.tokens import IGNORE_INDEX
-from pali3_edu.vit import ViT
+from pali3_edu.vit import ViT, sincos_2d_posemb
 
 
 @dataclass
@@ -54,6 +54,9 @@ class PaLI3Config:
     text: EncDecConfig = field(default_factory=lambda: get_config("encdec", "tiny-cpu"))
     max_prompt_len: int = 24  # prompt tokens, EOS included
     max_answer_len: int = 24  # answer tokens, EOS included
+    # "sincos2d": add a fixed 2-D sine-cosine position code to the visual tokens after the
+    # projector (not in the paper's model; it helps a tiny model read positions for boxes).
+    visual_posemb: Literal["none", "sincos2d"] = "none"
 
     @classmethod
     def tiny(cls) -> PaLI3Config:
@@ -93,6 +96,8 @@ class PaLI3(nn.Module):
     def __init__(self, cfg: PaLI3Config | None = None, *, parts: tuple[nn.Module, nn.Module, EncoderDecoder] | None = None):
         super().__init__()
         cfg = cfg or PaLI3Config()
+        if cfg.visual_posemb not in ("none", "sincos2d"):
+            raise ValueError(f"visual_posemb must be 'none' or 'sincos2d', got {cfg.visual_posemb!r}.")
         if parts is None:
             vit = ViT(cfg.vision)
             projector = nn.Linear(cfg.vision.width, cfg.text.d_model)
@@ -105,7 +110,8 @@ class PaLI3(nn.Module):
 
     @classmethod
     def from_parts(cls, vit: ViT, projector: nn.Module, encdec: EncoderDecoder,
-                   max_prompt_len: int = 24, max_answer_len: int = 24) -> PaLI3:
+                   max_prompt_len: int = 24, max_answer_len: int = 24,
+                   visual_posemb: Literal["none", "sincos2d"] = "none") -> PaLI3:
         """Join trained parts: a :class:`~pali3_edu.vit.ViT` (its pooling head, if any, is
         not used), any module mapping ViT width → ``d_model`` (PaLI-3: one ``nn.Linear``), and an
         :class:`~pali3_edu.encdec.EncoderDecoder`."""
@@ -114,7 +120,7 @@ class PaLI3(nn.Module):
         if not isinstance(encdec, EncoderDecoder):
             raise TypeError(f"encdec must be a pali3_edu.encdec.EncoderDecoder, got {type(encdec).__name__}.")
         cfg = PaLI3Config(vision=vit.cfg, text=encdec.cfg, max_prompt_len=max_prompt_len,
-                          max_answer_len=max_answer_len)
+                          max_answer_len=max_answer_len, visual_posemb=visual_posemb)
         return cls(cfg, parts=(vit, projector, encdec))
 
     # ---- the pieces --------------------------------------------------------------------------
@@ -138,7 +144,11 @@ class PaLI3(nn.Module):
     def visual_tokens(self, pixel_values: Tensor) -> Tensor:
         """``(batch, 3, H, W)`` in [-1, 1] → projected patch tokens ``(batch, patches, d_model)``."""
         self._check_pixels(pixel_values)
-        return self.projector(patch_tokens(self.vit, pixel_values))
+        tokens = self.projector(patch_tokens(self.vit, pixel_values))
+        if self.cfg.visual_posemb == "sincos2d":
+            g = self.vit.cfg.grid_size
+            tokens = tokens + sincos_2d_posemb(g, g, tokens.shape[-1]).to(tokens)
+        return tokens
 
     def embed_inputs(self, pixel_values: Tensor, input_ids: Tensor,
                      attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -105,11 +105,11 @@ class Recipe:
     def versions(self) -> dict[str, Any]:
         """Versions of what else changes the result: data generator, tokenizer, stage code,
         and the upstream recipes' fingerprints."""
-        from pali3_edu.data import shapesworld
+        from pali3_edu.data.shapesworld import shapesworld_fingerprint
 
         spec = get_stage(self.stage)
         out: dict[str, Any] = {
-            "shapesworld": getattr(shapesworld, "GENERATOR_VERSION", "?"),
+            "shapesworld": shapesworld_fingerprint(),
             "stage_code": spec.version,
             "tokenizer": tokenizer_fingerprint(),
         }
@@ -210,7 +210,7 @@ class Stage:
     build_data: Callable[[Recipe, Any], Any]
     loss_fn: Callable[[Recipe], LossFn]
     param_groups: Callable[[nn.Module, Recipe], Any] | None = None
-    init: Callable[[nn.Module, Recipe], None] | None = None
+    init: Callable[..., None] | None = None  # init(model, recipe, progress=...)
     version: str = "1"
 
 
@@ -224,7 +224,7 @@ def register_stage(stage: Stage) -> Stage:
 
 def _load_stage_modules() -> None:
     # importing a stage module registers it
-    from pali3_edu.recipes import siglip, ul2  # noqa: F401
+    from pali3_edu.recipes import pali3, siglip, ul2  # noqa: F401
 
 
 def get_stage(name: str) -> Stage:
@@ -345,7 +345,7 @@ def load_or_train(
 
     model = spec.build_model(recipe, tokenizer)
     if spec.init is not None and state is None:
-        spec.init(model, recipe)
+        spec.init(model, recipe, progress=progress)
     data = spec.build_data(recipe, tokenizer)
     groups = spec.param_groups(model, recipe) if spec.param_groups is not None else None
     history = train(model, spec.loss_fn(recipe), data.get_batch, recipe.train, checkpoint=path,

@@ -91,6 +91,7 @@ def save_checkpoint(path: str | Path, model: nn.Module | Mapping[str, torch.Tens
     from safetensors.torch import save_file
 
     path = Path(path)
+    _check_plain(state, "state")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.is_file():
         raise CheckpointError(
@@ -130,6 +131,24 @@ def save_checkpoint(path: str | Path, model: nn.Module | Mapping[str, torch.Tens
         if stale != tmp and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
     return path
+
+
+_PLAIN = (type(None), bool, int, float, str, torch.Tensor, torch.dtype, torch.Size)
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    """Refuse what ``torch.load(weights_only=True)`` would refuse, before writing it."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+    elif not isinstance(obj, _PLAIN):
+        raise TypeError(
+            f"Checkpoint {where} is a {type(obj).__name__}; store only tensors, numbers, strings, "
+            "None and lists/dicts of them (e.g. dataclasses.asdict(x) for a dataclass)."
+        )
 
 
 def _remove(path: Path) -> None:

@@ -230,3 +230,9 @@ def test_checkpoint_path_under_a_file_names_pali3_edu_data(tmp_path):
         train(_model(), _loss, get_batch, CFG, checkpoint=blocker / "ckpt", device="cpu", progress=False)
     assert str(blocker) in str(err.value)
     assert calls == []  # refused before any training
+
+
+def test_state_that_could_not_be_loaded_safely_is_refused_at_save(tmp_path):
+    with pytest.raises(TypeError, match="asdict"):
+        save_checkpoint(tmp_path / "c", _model(), config=TrainConfig())
+    assert not (tmp_path / "c").exists()

@@ -15,7 +15,12 @@ from pali3_edu.data.multimodal import (
     all_examples,
     load_multimodal,
 )
-from pali3_edu.data.shapesworld import ShapesWorldConfig, generate_scene, scene_record, split_seeds
+from pali3_edu.data.shapesworld import (
+    ShapesWorldConfig,
+    generate_scene,
+    scene_record,
+    split_seeds,
+)
 from pali3_edu.data.tasks import TASKS, make_example
 from pali3_edu.tokenizer import course_tokenizer
 from pali3_edu.tokens import IGNORE_INDEX

@@ -268,7 +268,8 @@ class MultimodalData:
 
 
 def _uint8_to_pixels(x: Tensor) -> Tensor:
-    from pali3_edu.recipes.siglip import uint8_to_pixels  # imported late: recipes import the data package
+    # Imported on use: the recipes package imports this module (a top-level import would be circular).
+    from pali3_edu.recipes.siglip import uint8_to_pixels
 
     return uint8_to_pixels(x)
 

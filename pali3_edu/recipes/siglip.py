@@ -44,7 +44,7 @@ from pali3_edu.recipes.base import (
 )
 from pali3_edu.recipes.base import get_recipe as _get_recipe
 from pali3_edu.siglip import SigLIP
-from pali3_edu.train import History, TrainConfig, train
+from pali3_edu.train import History, TrainConfig, train, unwrap
 from pali3_edu.utils import data_dir
 
 LossKind = Literal["sigmoid", "softmax"]
@@ -174,8 +174,9 @@ def contrastive_loss_fn(kind: LossKind = "sigmoid") -> Callable[[SigLIP, dict], 
         raise ValueError(f"kind must be 'sigmoid' or 'softmax', got {kind!r}")
 
     def loss_fn(model: SigLIP, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        out = model(batch["pixel_values"], batch["input_ids"], loss=kind)
-        return {"loss": out.loss, "t": model.t_prime.detach().exp(), "b": model.bias.detach()}
+        out = model(batch["pixel_values"], batch["input_ids"], loss=kind)  # through DDP's forward
+        inner = unwrap(model)  # under DDP the parameters live on the wrapped module
+        return {"loss": out.loss, "t": inner.t_prime.detach().exp(), "b": inner.bias.detach()}
 
     return loss_fn
 
@@ -440,10 +441,10 @@ class SweepSettings:
     question is which loss makes better use of a batch of a given size), with a few seeds to show
     the spread. ``base`` is the recipe every run starts from."""
 
-    batch_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
+    batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
     losses: tuple[str, ...] = ("sigmoid", "softmax")
     seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 300
+    steps: int = 200
     eval_scenes: int = 300
     base: Recipe = field(default_factory=lambda: get_recipe(
         "micro", **{"data.num_scenes": 2000, "train.lr": 2e-3, "train.warmup_steps": 30}))

@@ -13,13 +13,32 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+
+
 @dataclass
 class ViTConfig:
-    """Vision transformer (SigLIP image tower). Shapes follow big_vision's naming."""
+    """Vision transformer (SigLIP image tower). Shapes follow big_vision's naming.
+
+    - ``image_size``: the native resolution (square images); a multiple of ``patch_size``.
+    - ``posemb``: ``"learn"`` (a learned ``(1, patches, width)`` grid, SigLIP) or ``"sincos2d"``
+      (fixed 2-D sine-cosine, recomputed for any grid).
+    - ``posemb_resize``: how :meth:`pali3_edu.vit.ViT.set_image_size` resizes a learned grid for
+      a new resolution: ``"bilinear"`` (big_vision) or ``"bicubic"`` (``transformers``'
+      ``interpolate_pos_encoding``).
+    - ``pool``: ``"map"`` (attention pooling, SigLIP), ``"gap"`` (mean) or ``"none"`` (PaLI-3
+      uses the patch tokens only).
+
+    Invalid values raise ``ValueError`` when the config is built (also through
+    ``dataclasses.replace``).
+    """
 
     image_size: int = 64
     patch_size: int = 8
@@ -29,9 +48,27 @@ class ViTConfig:
     mlp_dim: int = 512
     heads: int = 4
     posemb: Literal["learn", "sincos2d"] = "learn"
+    posemb_resize: Literal["bilinear", "bicubic"] = "bilinear"
     pool: Literal["map", "gap", "none"] = "map"
     layer_norm_eps: float = 1e-6
     dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size", "channels", "width", "depth", "mlp_dim", "heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"ViTConfig.{name} must be a positive int, got {value!r}.")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"ViTConfig: image_size {self.image_size} is not divisible by patch_size "
+                f"{self.patch_size}; pick an image size that is a multiple of {self.patch_size} "
+                f"(e.g. {max(1, round(self.image_size / self.patch_size)) * self.patch_size})."
+            )
+        if self.width % self.heads:
+            raise ValueError(f"ViTConfig: width {self.width} must be divisible by heads {self.heads}.")
+        _check_choice("ViTConfig.posemb", self.posemb, ("learn", "sincos2d"))
+        _check_choice("ViTConfig.posemb_resize", self.posemb_resize, ("bilinear", "bicubic"))
+        _check_choice("ViTConfig.pool", self.pool, ("map", "gap", "none"))
 
     @property
     def grid_size(self) -> int:
@@ -91,7 +128,11 @@ class EncDecConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Presets. Keys are (family, name). Paper sizes come from ../shared/REFERENCE_FACTS.md.
+# Presets. Keys are (family, name). The ViT shapes (width, depth, MLP size, heads) are those of
+# big_vision's ViT variants as used by SigLIP ("Sigmoid Loss for Language Image Pre-Training",
+# Zhai et al. 2023; So400m from "Getting ViT in Shape", Alabdulmohsin et al. 2023; G/14 from
+# "Scaling Vision Transformers", Zhai et al. 2022). The encoder-decoder sizes are Google's T5 v1.1
+# checkpoints and UL2 20B ("UL2: Unifying Language Learning Paradigms", Tay et al. 2022).
 # --------------------------------------------------------------------------------------------
 
 _VIT_SHAPES = {  # width, depth, mlp_dim, heads

@@ -4,16 +4,26 @@ Data flow (``cfg`` is a :class:`pali3_edu.config.EncDecConfig`)::
 
     input_ids ─► embed_tokens ─┐                     (or inputs_embeds: PaLI-3 puts visual
                                ▼                      tokens in front of the prompt here)
-            Encoder: N × [RMSNorm → self-attention (+ bidirectional relative bias)  → residual
+          T5Encoder: N × [RMSNorm → self-attention (+ bidirectional relative bias)  → residual
                           RMSNorm → gated-GELU feed-forward                        → residual]
                      final RMSNorm ─► encoder states (batch, source, d_model)
                                             │
     decoder_input_ids ─► embed_tokens ─┐    │  (the same embedding table)
                                        ▼    ▼
-            Decoder: N × [RMSNorm → causal self-attention (+ causal relative bias) → residual
+          T5Decoder: N × [RMSNorm → causal self-attention (+ causal relative bias) → residual
                           RMSNorm → cross-attention to the encoder states           → residual
                           RMSNorm → gated-GELU feed-forward                        → residual]
                      final RMSNorm ─► lm_head ─► logits (batch, target, vocab)
+
+Class names carry the family (``T5Attention``, ``T5FeedForward``, ``T5EncoderLayer``,
+``T5DecoderLayer``, ``T5Encoder``, ``T5Decoder``), distinct from the ViT's ``ViTAttention`` and
+``ViTEncoder`` in :mod:`pali3_edu.vit`.
+
+**Masks.** At the boundary (``forward``, ``encode``, ``decode``) a mask is a ``(batch, seq)``
+*keep-mask*: 1/True for a real token, 0/False for padding (as the tokenizer's
+``attention_mask``). Inside, masks become an *additive bias* on the attention scores
+(:func:`padding_bias`, and the causal mask in :class:`T5Decoder`), added to the relative
+position bias.
 
 What makes it *T5* rather than the original Transformer:
 
@@ -73,8 +83,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        variance = x.float().pow(2).mean(dim=-1, keepdim=True)  # fp32 statistics
+        normed = x * torch.rsqrt(variance + self.eps)  # bf16/fp16 · fp32 → fp32 (fp64 stays fp64)
         return self.weight * normed.to(self.weight.dtype)
 
 
@@ -153,7 +163,7 @@ class RelativePositionBias(nn.Module):
         return rearrange(self.table(buckets), "q k h -> 1 h q k")
 
 
-class Attention(nn.Module):
+class T5Attention(nn.Module):
     """Multi-head attention without biases and without the ``1/sqrt(d_kv)`` scale.
 
     The inner width ``heads * d_kv`` may differ from ``d_model`` (UL2 20B: 16 × 256 = 4096 = d_model,
@@ -202,7 +212,7 @@ _ACTIVATIONS = {
 }
 
 
-class FeedForward(nn.Module):
+class T5FeedForward(nn.Module):
     """Gated: ``wo(act(wi_0 x) * wi_1 x)`` (``gated-gelu``, ``gated-silu``); plain: ``wo(act(wi x))``
     (``relu``, the original T5). Input and output ``(batch, length, d_model)``."""
 
@@ -266,15 +276,15 @@ class KVCache:
         ]
 
 
-class EncoderLayer(nn.Module):
+class T5EncoderLayer(nn.Module):
     """Pre-norm block: ``x + SelfAttn(RMSNorm(x))``, then ``x + FF(RMSNorm(x))``."""
 
     def __init__(self, cfg: EncDecConfig) -> None:
         super().__init__()
         self.self_attn_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = T5Attention(cfg)
         self.ff_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.ff = FeedForward(cfg)
+        self.ff = T5FeedForward(cfg)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def forward(self, x: Tensor, bias: Tensor) -> Tensor:
@@ -283,17 +293,17 @@ class EncoderLayer(nn.Module):
         return x + self.dropout(self.ff(self.ff_norm(x)))
 
 
-class DecoderLayer(nn.Module):
+class T5DecoderLayer(nn.Module):
     """Pre-norm block: causal self-attention, cross-attention to the encoder, feed-forward."""
 
     def __init__(self, cfg: EncDecConfig) -> None:
         super().__init__()
         self.self_attn_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = T5Attention(cfg)
         self.cross_attn_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.cross_attn = Attention(cfg)
+        self.cross_attn = T5Attention(cfg)
         self.ff_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.ff = FeedForward(cfg)
+        self.ff = T5FeedForward(cfg)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
     def forward(
@@ -340,13 +350,13 @@ def padding_bias(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | 
     )
 
 
-class Encoder(nn.Module):
+class T5Encoder(nn.Module):
     """Embeddings in, encoder states out: ``(batch, source, d_model)`` → same shape."""
 
     def __init__(self, cfg: EncDecConfig) -> None:
         super().__init__()
         self.relative_bias = RelativePositionBias(cfg, bidirectional=True)
-        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(T5EncoderLayer(cfg) for _ in range(cfg.num_layers))
         self.final_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
@@ -362,13 +372,13 @@ class Encoder(nn.Module):
         return self.dropout(self.final_norm(x))
 
 
-class Decoder(nn.Module):
+class T5Decoder(nn.Module):
     """Target embeddings + encoder states in, decoder states ``(batch, target, d_model)`` out."""
 
     def __init__(self, cfg: EncDecConfig) -> None:
         super().__init__()
         self.relative_bias = RelativePositionBias(cfg, bidirectional=False)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers))
+        self.layers = nn.ModuleList(T5DecoderLayer(cfg) for _ in range(cfg.num_decoder_layers))
         self.final_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout_rate)
 
@@ -405,12 +415,17 @@ class Decoder(nn.Module):
 
 @dataclass
 class Seq2SeqOutput:
-    """``logits`` ``(batch, target, vocab)``; ``loss`` (scalar) when labels were given;
-    ``encoder_states`` ``(batch, source, d_model)``."""
+    """What :meth:`EncoderDecoder.forward` returns.
+
+    - ``logits``: ``(batch, target, vocab)``;
+    - ``encoder_states``: ``(batch, source, d_model)``, the encoder's output;
+    - ``loss``: scalar mean cross-entropy over the labels that are not ``-100``, or ``None``
+      when no labels were given.
+    """
 
     logits: Tensor
+    encoder_states: Tensor
     loss: Tensor | None = None
-    encoder_states: Tensor | None = None
 
 
 def shift_right(labels: Tensor, start_token_id: int = 0, pad_token_id: int = 0) -> Tensor:
@@ -444,8 +459,8 @@ class EncoderDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        self.encoder = T5Encoder(cfg)
+        self.decoder = T5Decoder(cfg)
         self.lm_head = (
             None if cfg.tie_word_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         )
@@ -459,7 +474,8 @@ class EncoderDecoder(nn.Module):
     # ---- initialisation ------------------------------------------------------------------
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """T5's initialisation, which carries the attention scale that the forward pass omits.
+        """(Re)initialise every parameter with T5's scheme, which carries the attention scale
+        that the forward pass omits. ``__init__`` calls it.
 
         ``q ~ N(0, (d_model·d_kv)^-½)`` (so ``q·k`` has unit scale without dividing by
         ``sqrt(d_kv)``), ``k, v ~ N(0, d_model^-½)``, ``o ~ N(0, (heads·d_kv)^-½)``,
@@ -476,12 +492,12 @@ class EncoderDecoder(nn.Module):
                 nn.init.ones_(m.weight)
             elif isinstance(m, RelativePositionBias):
                 nn.init.normal_(m.table.weight, std=c.d_model**-0.5)
-            elif isinstance(m, Attention):
+            elif isinstance(m, T5Attention):
                 nn.init.normal_(m.q.weight, std=(c.d_model * c.d_kv) ** -0.5)
                 nn.init.normal_(m.k.weight, std=c.d_model**-0.5)
                 nn.init.normal_(m.v.weight, std=c.d_model**-0.5)
                 nn.init.normal_(m.o.weight, std=(c.num_heads * c.d_kv) ** -0.5)
-            elif isinstance(m, FeedForward):
+            elif isinstance(m, T5FeedForward):
                 for wi in (m.wi_0, m.wi_1) if m.gated else (m.wi,):
                     nn.init.normal_(wi.weight, std=c.d_model**-0.5)
                 nn.init.normal_(m.wo.weight, std=c.d_ff**-0.5)
@@ -531,15 +547,22 @@ class EncoderDecoder(nn.Module):
         return embeds
 
     @staticmethod
-    def _check_mask(mask: Tensor | None, length: int, batch: int) -> None:
+    def _check_mask(mask: Tensor | None, length: int, batch: int, name: str = "attention_mask") -> None:
+        """A keep-mask ``(batch, length)``: bool, or integers/floats that are all 0 or 1."""
         if mask is None:
             return
-        if mask.dtype.is_complex:
-            raise TypeError("attention_mask must be bool or 0/1 integers.")
+        if not isinstance(mask, Tensor) or mask.dtype.is_complex:
+            raise TypeError(f"{name} must be a bool or 0/1 tensor (batch, source), got {type(mask).__name__}.")
         if tuple(mask.shape) != (batch, length):
             raise ValueError(
-                f"attention_mask must have shape (batch, source) = {(batch, length)}, "
+                f"{name} must have shape (batch, source) = {(batch, length)}, "
                 f"got {tuple(mask.shape)}."
+            )
+        if mask.dtype != torch.bool and mask.numel() and not ((mask == 0) | (mask == 1)).all():
+            raise ValueError(
+                f"{name} is a keep-mask: 1/True for real tokens, 0/False for padding; it holds other "
+                f"values (min {mask.min().item()}, max {mask.max().item()}). An additive mask "
+                f"(0 / -inf) converts with {name} = (additive == 0)."
             )
 
     # ---- the three steps generation needs --------------------------------------------------
@@ -569,6 +592,8 @@ class EncoderDecoder(nn.Module):
         Without a cache, ``decoder_input_ids`` ``(batch, target)`` is the whole target prefix.
         With a :class:`KVCache` it holds only the *new* positions (usually one), which are placed
         after the ``cache.length`` cached ones; the cache is updated in place.
+        ``encoder_attention_mask`` is the ``(batch, source)`` keep-mask given to :meth:`encode`
+        (checked there, not again here: generation calls this once per token).
         """
         return self.decoder(
             self.embed_tokens(decoder_input_ids), encoder_states, encoder_attention_mask, cache
@@ -601,7 +626,7 @@ class EncoderDecoder(nn.Module):
           ``decoder_input_ids`` is not given it is ``shift_right(labels)``.
 
         Returns :class:`Seq2SeqOutput`; ``loss`` is the mean cross-entropy over the labels that
-        are not ``-100`` (computed in fp32).
+        are not ``-100`` (computed in fp32 at least, also for a bf16/fp16 model).
         """
         if labels is not None:
             self._check_ids("labels", labels, allow_ignore=True)
@@ -624,28 +649,27 @@ class EncoderDecoder(nn.Module):
                     f"labels {tuple(labels.shape)} and decoder_input_ids "
                     f"{tuple(decoder_input_ids.shape)} must have the same shape."
                 )
-            loss = F.cross_entropy(
-                logits.float().flatten(0, 1), labels.long().flatten(), ignore_index=IGNORE_INDEX
-            )
-        return Seq2SeqOutput(logits=logits, loss=loss, encoder_states=states)
+            wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 → fp32
+            loss = F.cross_entropy(wide.flatten(0, 1), labels.long().flatten(), ignore_index=IGNORE_INDEX)
+        return Seq2SeqOutput(logits=logits, encoder_states=states, loss=loss)
 
 
 T5 = EncoderDecoder  # alias
 
 __all__ = [
-    "Attention",
-    "Decoder",
-    "DecoderLayer",
-    "Encoder",
-    "EncoderDecoder",
-    "EncoderLayer",
-    "FeedForward",
     "IGNORE_INDEX",
+    "EncoderDecoder",
     "KVCache",
     "RMSNorm",
     "RelativePositionBias",
     "Seq2SeqOutput",
     "T5",
+    "T5Attention",
+    "T5Decoder",
+    "T5DecoderLayer",
+    "T5Encoder",
+    "T5EncoderLayer",
+    "T5FeedForward",
     "causal_mask",
     "padding_bias",
     "relative_position_bucket",

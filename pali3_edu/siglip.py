@@ -3,10 +3,11 @@
 - :class:`TextTransformer`: token + learned position embeddings, the same pre-LN encoder as the
   ViT with **no causal mask**, a final LayerNorm, the **last** token pooled (the caller pads text
   to the fixed length with a "sticky" EOS, so the last position is always EOS), a Linear head.
+  Returns a :class:`TextOutput` (``tokens``, ``pooled``), as the ViT returns a ``ViTOutput``.
 - :class:`SigLIP`: both towers plus the learnable temperature ``t'`` (``t = exp(t')``, init
   log 10) and bias ``b`` (init −10). ``encode_image`` / ``encode_text`` return the embeddings
-  *before* normalisation (as ``transformers`` does); ``forward`` normalises them and returns the
-  ``(B_img, B_txt)`` logits ``t·⟨x_i, y_j⟩ + b`` and the loss.
+  *before* normalisation (as ``transformers`` does); ``forward`` normalises them and returns a
+  :class:`SigLIPOutput`: the ``(B_img, B_txt)`` logits ``t·⟨x_i, y_j⟩ + b`` and the loss.
 - Losses on L2-normalised embeddings ``x`` (images) and ``y`` (texts), all ``(batch, dim)``:
   :func:`sigmoid_loss` (the paper's, summed over all B² pairs and divided by B),
   :func:`softmax_loss` (CLIP's, for comparison), :func:`chunked_sigmoid_loss` (the same number with
@@ -16,7 +17,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pali3_edu.config import SigLIPConfig, TextConfig
-from pali3_edu.vit import Encoder, ViT, init_transformer_weights, lecun_normal_
+from pali3_edu.vit import ViT, ViTEncoder, init_transformer_weights, lecun_normal_
 
 # ----------------------------------------------------------------------------------------------
 # Losses
@@ -230,57 +231,99 @@ def distributed_sigmoid_loss(
 # ----------------------------------------------------------------------------------------------
 
 
-class TextTransformer(nn.Module):
-    """SigLIP text tower: ``input_ids (batch, seq) -> pooled (batch, embed_dim)``.
+@dataclass
+class TextOutput:
+    """What :class:`TextTransformer` returns.
 
-    ``seq ≤ cfg.max_len``; the caller pads to the fixed length with EOS ("sticky EOS"), and the
-    last position's output (after the final LayerNorm) goes through the Linear head.
+    - ``tokens``: ``(batch, seq, width)`` after the final LayerNorm;
+    - ``pooled``: ``(batch, embed_dim)``, the head applied to the last (EOS) position.
+    """
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor
+
+
+class TextTransformer(nn.Module):
+    """SigLIP text tower: ``input_ids (batch, seq)`` → :class:`TextOutput`.
+
+    ``1 ≤ seq ≤ cfg.max_len``; the caller pads to the fixed length with EOS ("sticky EOS"), and
+    the last position's output (after the final LayerNorm) goes through the Linear head. The
+    blocks are the ViT's (:class:`~pali3_edu.vit.ViTEncoder`), bidirectional: no mask.
     """
 
     def __init__(self, cfg: TextConfig, embed_dim: int):
         super().__init__()
         self.cfg = cfg
         self.token_embed = nn.Embedding(cfg.vocab_size, cfg.width)
-        self.posemb = nn.Parameter(torch.randn(1, cfg.max_len, cfg.width) * cfg.width**-0.5)
+        self.posemb = nn.Parameter(torch.empty(1, cfg.max_len, cfg.width))
         self.drop = nn.Dropout(cfg.dropout)
-        self.encoder = Encoder(cfg.width, cfg.depth, cfg.mlp_dim, cfg.heads, cfg.layer_norm_eps, cfg.dropout)
+        self.encoder = ViTEncoder(cfg.width, cfg.depth, cfg.mlp_dim, cfg.heads, cfg.layer_norm_eps, cfg.dropout)
         self.head = nn.Linear(cfg.width, embed_dim)
-        nn.init.normal_(self.token_embed.weight, std=cfg.width**-0.5)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """(Re)initialise every parameter as big_vision does: token and position embeddings
+        N(0, 1/√width), the blocks with :func:`~pali3_edu.vit.init_transformer_weights`, the head
+        LeCun normal with bias 0. ``__init__`` calls it."""
+        nn.init.normal_(self.token_embed.weight, std=self.cfg.width**-0.5)
+        nn.init.normal_(self.posemb, std=self.cfg.width**-0.5)
         init_transformer_weights(self)
         lecun_normal_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, input_ids: torch.Tensor, return_tokens: bool = False):
+    def _check_input(self, input_ids: torch.Tensor) -> None:
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(
+                f"input_ids must be a tensor (batch, seq) of token ids, got {type(input_ids).__name__}: "
+                "encode the texts with the tokenizer first."
+            )
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
-        if input_ids.is_floating_point() or input_ids.is_complex():
-            raise TypeError(f"input_ids must be integer token ids, got {input_ids.dtype}")
-        seq = input_ids.shape[1]
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise TypeError(f"input_ids must be integer token ids (torch.long), got {input_ids.dtype}")
+        seq, vocab = input_ids.shape[1], self.cfg.vocab_size
+        if seq == 0:
+            raise ValueError(
+                "input_ids has no tokens (seq = 0): SigLIP pools the last position, so every text "
+                f"needs at least its EOS; pad the texts to max_len={self.cfg.max_len} with EOS."
+            )
         if seq > self.cfg.max_len:
             raise ValueError(
                 f"Text of {seq} tokens is longer than max_len={self.cfg.max_len}: truncate it "
                 "(keeping EOS last) or build the model with a larger TextConfig.max_len."
             )
+        if input_ids.numel():
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= vocab:
+                raise ValueError(
+                    f"input_ids holds ids outside [0, {vocab}) (min {low}, max {high}): the tokenizer "
+                    "and TextConfig.vocab_size disagree; build the model with "
+                    "TextConfig(vocab_size=len(tokenizer))."
+                )
+
+    def forward(self, input_ids: torch.Tensor) -> TextOutput:
+        self._check_input(input_ids)
+        seq = input_ids.shape[1]
         x = self.drop(self.token_embed(input_ids) + self.posemb[:, :seq])
         tokens = self.encoder(x)  # bidirectional: no mask
-        pooled = self.head(tokens[:, -1])  # the last position is EOS
-        return (tokens, pooled) if return_tokens else pooled
+        return TextOutput(tokens=tokens, pooled=self.head(tokens[:, -1]))  # the last position is EOS
 
 
 @dataclass
 class SigLIPOutput:
-    """What :meth:`SigLIP.forward` returns; also readable like a dict (``out["loss"]``)."""
+    """What :meth:`SigLIP.forward` returns.
 
-    image_emb: torch.Tensor  # (B_img, D), L2-normalised
-    text_emb: torch.Tensor  # (B_txt, D), L2-normalised
-    logits: torch.Tensor  # (B_img, B_txt) = t·⟨x_i, y_j⟩ + b
-    loss: torch.Tensor | None  # None when B_img != B_txt (no pairs to score)
+    - ``image_emb``: ``(B_img, embed_dim)``, L2-normalised;
+    - ``text_emb``: ``(B_txt, embed_dim)``, L2-normalised;
+    - ``logits``: ``(B_img, B_txt)`` = ``t·⟨x_i, y_j⟩ + b``;
+    - ``loss``: scalar, or ``None`` when ``loss="none"`` was asked for.
+    """
 
-    def __getitem__(self, key: str) -> torch.Tensor | None:
-        return getattr(self, key)
-
-    def keys(self) -> list[str]:
-        return [f.name for f in fields(self)]
+    image_emb: torch.Tensor
+    text_emb: torch.Tensor
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
 
 
 class SigLIP(nn.Module):
@@ -299,8 +342,22 @@ class SigLIP(nn.Module):
         else:
             self.image_proj = nn.Linear(cfg.vision.width, cfg.embed_dim)
         self.text = TextTransformer(cfg.text, cfg.embed_dim)
-        self.t_prime = nn.Parameter(torch.tensor(float(cfg.t_prime_init)))
-        self.bias = nn.Parameter(torch.tensor(float(cfg.bias_init)))
+        self.t_prime = nn.Parameter(torch.empty(()))
+        self.bias = nn.Parameter(torch.empty(()))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """(Re)initialise every parameter: both towers with their own ``reset_parameters``, the
+        optional image projection LeCun normal with bias 0, ``t' = cfg.t_prime_init`` (log 10)
+        and ``b = cfg.bias_init`` (−10). ``__init__`` calls it."""
+        self.vision.reset_parameters()
+        self.text.reset_parameters()
+        if isinstance(self.image_proj, nn.Linear):
+            lecun_normal_(self.image_proj.weight)
+            nn.init.zeros_(self.image_proj.bias)
+        self.t_prime.fill_(float(self.cfg.t_prime_init))
+        self.bias.fill_(float(self.cfg.bias_init))
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -308,13 +365,14 @@ class SigLIP(nn.Module):
         return self.t_prime.exp()
 
     def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, 3, H, W)`` in [-1, 1] → patch tokens ``(B, N, width)``, pooled ``(B, embed_dim)`` (unnormalised)."""
-        tokens, pooled = self.vision(pixel_values)
-        return tokens, self.image_proj(pooled)
+        """``(B, 3, H, W)`` in [-1, 1] → ``(patch tokens (B, N, width), pooled (B, embed_dim))``,
+        the pooled embedding unnormalised (as ``transformers``' ``get_image_features``)."""
+        out = self.vision(pixel_values)
+        return out.tokens, self.image_proj(out.pooled)
 
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         """``(B, seq)`` token ids (EOS-padded) → pooled ``(B, embed_dim)`` (unnormalised)."""
-        return self.text(input_ids)
+        return self.text(input_ids).pooled
 
     def forward(
         self,
@@ -322,16 +380,26 @@ class SigLIP(nn.Module):
         input_ids: torch.Tensor,
         loss: Literal["sigmoid", "softmax", "none"] = "sigmoid",
     ) -> SigLIPOutput:
-        """Normalised embeddings, ``(B_img, B_txt)`` logits and the loss (``loss="softmax"``: CLIP's)."""
-        image_emb = F.normalize(self.encode_image(pixel_values)[1], dim=-1)
-        text_emb = F.normalize(self.encode_text(input_ids), dim=-1)
-        logits = sigmoid_logits(image_emb, text_emb, self.t_prime, self.bias)
-        value = None
+        """Normalised embeddings, ``(B_img, B_txt)`` logits and the loss (``loss="softmax"``: CLIP's).
+
+        A loss needs pairs: image ``i`` and text ``i`` of the same example, so equal batch sizes.
+        To score every image against every text of another size (zero-shot classification,
+        retrieval), pass ``loss="none"``.
+        """
         if loss not in ("sigmoid", "softmax", "none"):
             raise ValueError(f"loss must be 'sigmoid', 'softmax' or 'none', got {loss!r}")
-        if loss != "none" and image_emb.shape[0] == text_emb.shape[0]:
-            if loss == "sigmoid":
-                value = sigmoid_loss(image_emb, text_emb, self.t_prime, self.bias)
-            else:
-                value = softmax_loss(image_emb, text_emb, self.t_prime)
+        image_emb = F.normalize(self.encode_image(pixel_values)[1], dim=-1)
+        text_emb = F.normalize(self.encode_text(input_ids), dim=-1)
+        if loss != "none" and image_emb.shape[0] != text_emb.shape[0]:
+            raise ValueError(
+                f"{image_emb.shape[0]} images but {text_emb.shape[0]} texts: the {loss} loss needs "
+                "matching pairs (row i of each batch is one example). To score every image against "
+                "every text, call model(pixel_values, input_ids, loss='none')."
+            )
+        logits = sigmoid_logits(image_emb, text_emb, self.t_prime, self.bias)
+        value = None
+        if loss == "sigmoid":
+            value = sigmoid_loss(image_emb, text_emb, self.t_prime, self.bias)
+        elif loss == "softmax":
+            value = softmax_loss(image_emb, text_emb, self.t_prime)
         return SigLIPOutput(image_emb=image_emb, text_emb=text_emb, logits=logits, loss=value)

@@ -10,20 +10,26 @@ Data flow, in the order the modules below appear::
       └─ head: MAP (learned probe attends to the tokens) | "gap" (mean) | "none"
                                                            ─► pooled (B, D)           (SigLIP uses this)
 
-Paper facts followed here (``shared/REFERENCE_FACTS.md``): no CLS token; LayerNorm eps 1e-6;
-tanh-approximate GELU; attention with biases and 1/√head_dim scaling; learned position embedding
-initialised N(0, 1/√width).
+Choices that follow SigLIP and big_vision's ViT: no CLS token; LayerNorm eps 1e-6;
+tanh-approximate GELU; attention with biases and 1/√head_dim scaling; a learned position
+embedding initialised N(0, 1/√width); Dense kernels Xavier-uniform, the patch embedding LeCun
+normal (see :meth:`ViT.reset_parameters`).
 
-**Other image sizes.** Any ``H, W`` divisible by the patch size works: a learned position grid is
-resized on the fly (bilinear, as big_vision does; set ``vit.posemb_resize = "bicubic"`` for
-``transformers``' choice), a sincos grid is recomputed. To change the resolution for good (PaLI-3
-stage 2), call :meth:`ViT.set_image_size`, which resizes the learned parameter once.
+The class names carry the family: ``ViTAttention``, ``ViTMLP``, ``ViTBlock``, ``ViTEncoder``
+(the SigLIP text tower reuses them, as big_vision's does), distinct from the encoder-decoder's
+``T5Attention``/``T5Encoder`` in :mod:`pali3_edu.encdec`.
+
+**Resolution.** A ViT works at its native ``cfg.image_size``; other sizes get a clear error.
+To change the resolution for good (PaLI-3 stage 2), call :meth:`ViT.set_image_size`: a learned
+position grid is resized once with ``cfg.posemb_resize`` (bilinear as in big_vision, or bicubic
+as ``transformers``' ``interpolate_pos_encoding``), a sincos grid is recomputed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -65,8 +71,11 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     return rearrange(images, "b c (gh p1) (gw p2) -> b (gh gw) (p1 p2 c)", p1=patch, p2=patch)
 
 
-def sincos_2d_posemb(grid_h: int, grid_w: int, width: int, temperature: float = 10_000.0) -> torch.Tensor:
-    """Fixed 2-D sine-cosine position embedding, ``(1, grid_h·grid_w, width)``.
+def sincos_2d_posemb(
+    grid_h: int, grid_w: int, width: int, temperature: float = 10_000.0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position embedding, ``(1, grid_h·grid_w, width)`` float32.
 
     A quarter of the channels each hold sin(x·ω), cos(x·ω), sin(y·ω), cos(y·ω) for
     ``width/4`` frequencies ω from 1 down to 1/temperature (big_vision's ``posemb_sincos_2d``).
@@ -74,10 +83,12 @@ def sincos_2d_posemb(grid_h: int, grid_w: int, width: int, temperature: float = 
     if width % 4:
         raise ValueError(f"sincos-2D position embedding needs width divisible by 4, got {width}.")
     quarter = width // 4
-    omega = torch.arange(quarter, dtype=torch.float32) / max(quarter - 1, 1)
+    omega = torch.arange(quarter, dtype=torch.float32, device=device) / max(quarter - 1, 1)
     omega = 1.0 / temperature**omega  # (quarter,)
     y, x = torch.meshgrid(
-        torch.arange(grid_h, dtype=torch.float32), torch.arange(grid_w, dtype=torch.float32), indexing="ij"
+        torch.arange(grid_h, dtype=torch.float32, device=device),
+        torch.arange(grid_w, dtype=torch.float32, device=device),
+        indexing="ij",
     )
     y = y.flatten()[:, None] * omega[None, :]  # (N, quarter)
     x = x.flatten()[:, None] * omega[None, :]
@@ -112,15 +123,16 @@ def resize_posemb(
 
 
 # ----------------------------------------------------------------------------------------------
-# Transformer building blocks (shared with the SigLIP text tower)
+# Transformer building blocks (the SigLIP text tower uses them too)
 # ----------------------------------------------------------------------------------------------
 
 
-class Attention(nn.Module):
+class ViTAttention(nn.Module):
     """Multi-head attention with biases; self-attention, or cross-attention when ``context`` is given.
 
     ``x``: ``(batch, queries, width)``, ``context``: ``(batch, keys, width)`` → ``(batch, queries, width)``.
-    Scores are scaled by 1/√head_dim (SDPA's default).
+    Scores are scaled by 1/√head_dim (SDPA's default). No mask: every token sees every token
+    (images have no padding, and SigLIP pads text with EOS tokens that are meant to be seen).
     """
 
     def __init__(self, width: int, heads: int, dropout: float = 0.0):
@@ -133,19 +145,15 @@ class Attention(nn.Module):
         self.v = nn.Linear(width, width)
         self.out = nn.Linear(width, width)
 
-    def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
         q, k, v = (rearrange(f(t), "b n (h d) -> b h n d", h=self.heads)
                    for f, t in ((self.q, x), (self.k, context), (self.v, context)))
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.out(rearrange(y, "b h n d -> b n (h d)"))
 
 
-class MLP(nn.Module):
+class ViTMLP(nn.Module):
     """Dense → tanh-approximate GELU → Dense: ``(..., width) -> (..., width)``."""
 
     def __init__(self, width: int, mlp_dim: int, dropout: float = 0.0):
@@ -158,34 +166,34 @@ class MLP(nn.Module):
         return self.fc2(self.drop(F.gelu(self.fc1(x), approximate="tanh")))
 
 
-class Block(nn.Module):
+class ViTBlock(nn.Module):
     """Pre-LN transformer block: ``x + MHA(LN(x))`` then ``x + MLP(LN(x))``."""
 
     def __init__(self, width: int, mlp_dim: int, heads: int, eps: float = 1e-6, dropout: float = 0.0):
         super().__init__()
         self.ln1 = nn.LayerNorm(width, eps=eps)
-        self.attn = Attention(width, heads, dropout)
+        self.attn = ViTAttention(width, heads, dropout)
         self.ln2 = nn.LayerNorm(width, eps=eps)
-        self.mlp = MLP(width, mlp_dim, dropout)
+        self.mlp = ViTMLP(width, mlp_dim, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), mask=mask))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x)))
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
-class Encoder(nn.Module):
+class ViTEncoder(nn.Module):
     """``depth`` pre-LN blocks and a final LayerNorm: ``(batch, seq, width) -> (batch, seq, width)``."""
 
     def __init__(self, width: int, depth: int, mlp_dim: int, heads: int, eps: float = 1e-6,
                  dropout: float = 0.0):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(width, mlp_dim, heads, eps, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(ViTBlock(width, mlp_dim, heads, eps, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width, eps=eps)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x)
         return self.norm(x)
 
 
@@ -200,10 +208,14 @@ class MAPHead(nn.Module):
     def __init__(self, width: int, mlp_dim: int, heads: int, eps: float = 1e-6):
         super().__init__()
         self.probe = nn.Parameter(torch.empty(1, 1, width))
-        nn.init.xavier_uniform_(self.probe)
-        self.attn = Attention(width, heads)
+        self.attn = ViTAttention(width, heads)
         self.norm = nn.LayerNorm(width, eps=eps)
-        self.mlp = MLP(width, mlp_dim)
+        self.mlp = ViTMLP(width, mlp_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """big_vision's init (:func:`init_transformer_weights`); also run by ``ViT.reset_parameters``."""
+        init_transformer_weights(self)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         probe = self.probe.expand(tokens.shape[0], -1, -1)  # (B, 1, D)
@@ -212,21 +224,29 @@ class MAPHead(nn.Module):
         return x[:, 0]
 
 
+@torch.no_grad()
 def init_transformer_weights(module: nn.Module) -> None:
-    """big_vision-style init: Dense kernels Xavier-uniform, attention biases 0, MLP biases N(0, 1e-6)."""
+    """big_vision's init for every building block inside ``module`` (used by the models'
+    ``reset_parameters``): Dense kernels Xavier-uniform, attention biases 0, MLP biases
+    N(0, 1e-6), LayerNorm scale 1 and offset 0, the MAP probe Xavier-uniform."""
     for m in module.modules():
-        if isinstance(m, Attention):
+        if isinstance(m, ViTAttention):
             for lin in (m.q, m.k, m.v, m.out):
                 nn.init.xavier_uniform_(lin.weight)
                 nn.init.zeros_(lin.bias)
-        elif isinstance(m, MLP):
+        elif isinstance(m, ViTMLP):
             for lin in (m.fc1, m.fc2):
                 nn.init.xavier_uniform_(lin.weight)
                 nn.init.normal_(lin.bias, std=1e-6)
+        elif isinstance(m, nn.LayerNorm):
+            m.reset_parameters()
+        elif isinstance(m, MAPHead):
+            nn.init.xavier_uniform_(m.probe)
 
 
+@torch.no_grad()
 def lecun_normal_(weight: torch.Tensor) -> None:
-    """Truncated-free LeCun normal: std = 1/√fan_in (flax's default for Dense and Conv)."""
+    """LeCun normal without truncation: std = 1/√fan_in (flax's default for Dense and Conv)."""
     fan_in = weight[0].numel()
     nn.init.normal_(weight, std=fan_in**-0.5)
 
@@ -236,64 +256,88 @@ def lecun_normal_(weight: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+@dataclass
+class ViTOutput:
+    """What :meth:`ViT.forward` returns.
+
+    - ``tokens``: ``(batch, patches, width)``, the patch tokens after the final LayerNorm
+      (PaLI-3 hands these to the language model);
+    - ``pooled``: ``(batch, width)`` from the head, or ``None`` when ``cfg.pool == "none"``
+      (SigLIP's image embedding).
+    """
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
 class ViT(nn.Module):
     """SigLIP-style vision transformer.
 
-    ``forward(pixel_values)`` with ``pixel_values`` ``(batch, channels, H, W)`` float in [-1, 1]
-    returns ``(patch_tokens, pooled)``: ``(batch, N, width)`` after the final LayerNorm, and
-    ``(batch, width)`` from the head (``None`` when ``cfg.pool == "none"``).
+    ``vit(pixel_values)`` with ``pixel_values`` ``(batch, channels, image_size, image_size)``
+    float in [-1, 1] returns a :class:`ViTOutput` (``.tokens``, ``.pooled``).
     """
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        if cfg.image_size % cfg.patch_size:
-            raise ValueError(f"image_size {cfg.image_size} must be divisible by patch_size {cfg.patch_size}")
-        if cfg.pool not in ("map", "gap", "none"):
-            raise ValueError(f"pool must be 'map', 'gap' or 'none', got {cfg.pool!r}")
-        self.cfg = cfg
-        self.posemb_resize: ResizeMethod = "bilinear"
+        self.cfg = cfg  # ViTConfig validates itself (patch size, pool, posemb choices)
         self.patch_embed = nn.Conv2d(cfg.channels, cfg.width, cfg.patch_size, stride=cfg.patch_size)
-        g = cfg.grid_size
-        if cfg.posemb == "learn":
-            self.posemb = nn.Parameter(torch.randn(1, g * g, cfg.width) * cfg.width**-0.5)
-        elif cfg.posemb == "sincos2d":
-            self.register_buffer("posemb", sincos_2d_posemb(g, g, cfg.width), persistent=False)
-        else:
-            raise ValueError(f"posemb must be 'learn' or 'sincos2d', got {cfg.posemb!r}")
+        # learned: a (1, patches, width) parameter; sincos2d: nothing stored (see position_embedding)
+        learned = cfg.posemb == "learn"
+        self.posemb = nn.Parameter(torch.empty(1, cfg.num_patches, cfg.width)) if learned else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.encoder = Encoder(cfg.width, cfg.depth, cfg.mlp_dim, cfg.heads, cfg.layer_norm_eps, cfg.dropout)
+        self.encoder = ViTEncoder(cfg.width, cfg.depth, cfg.mlp_dim, cfg.heads, cfg.layer_norm_eps, cfg.dropout)
         self.head = MAPHead(cfg.width, cfg.mlp_dim, cfg.heads, cfg.layer_norm_eps) if cfg.pool == "map" else None
-        init_transformer_weights(self)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """(Re)initialise every parameter as big_vision does: patch embedding LeCun normal with
+        bias 0, learned position embedding N(0, 1/√width), the blocks and the MAP head with
+        :func:`init_transformer_weights`. ``__init__`` calls it."""
         lecun_normal_(self.patch_embed.weight)
         nn.init.zeros_(self.patch_embed.bias)
+        if self.posemb is not None:
+            nn.init.normal_(self.posemb, std=self.cfg.width**-0.5)
+        init_transformer_weights(self)
 
-    # -- position embedding for any grid
-    def position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
-        """``(1, grid_h·grid_w, width)`` for the given patch grid (resized or recomputed if needed)."""
+    # -- position embedding: the one place that knows the two kinds
+    def position_embedding(self, grid_h: int | None = None, grid_w: int | None = None) -> torch.Tensor:
+        """``(1, grid_h·grid_w, width)`` for a patch grid (default: the native grid).
+
+        Learned: the stored grid, resized with ``cfg.posemb_resize`` when another grid is asked
+        for. Sincos-2D: computed for the grid.
+        """
         g = self.cfg.grid_size
-        if (grid_h, grid_w) == (g, g):
-            return self.posemb
+        grid = (grid_h or g, grid_w or g)
         if self.cfg.posemb == "sincos2d":
-            return sincos_2d_posemb(grid_h, grid_w, self.cfg.width).to(self.posemb)
-        return resize_posemb(self.posemb, (grid_h, grid_w), self.posemb_resize)
+            weight = self.patch_embed.weight
+            return sincos_2d_posemb(*grid, self.cfg.width, device=weight.device).to(weight.dtype)
+        return resize_posemb(self.posemb, grid, self.cfg.posemb_resize, old_grid=(g, g))
 
-    def set_image_size(self, image_size: int, method: ResizeMethod = "bilinear") -> None:
-        """Change the native resolution for good (PaLI-3 stage 2): resize the learned grid once."""
-        if image_size % self.cfg.patch_size:
-            raise ValueError(f"image_size {image_size} must be divisible by patch_size {self.cfg.patch_size}")
-        g = image_size // self.cfg.patch_size
-        with torch.no_grad():
-            if self.cfg.posemb == "learn":
-                self.posemb = nn.Parameter(resize_posemb(self.posemb.data, g, method))
-            else:
-                self.posemb = sincos_2d_posemb(g, g, self.cfg.width).to(self.posemb)
-        self.cfg = dataclasses.replace(self.cfg, image_size=image_size)
+    def set_image_size(self, image_size: int) -> None:
+        """Change the native resolution for good (PaLI-3 stage 2, e.g. 64 → 128 px).
+
+        The learned position grid is resized once with ``cfg.posemb_resize`` and becomes the new
+        parameter (build the optimizer afterwards: the old parameter object is replaced);
+        ``cfg.image_size`` is updated. Raises ``ValueError`` for a size the patch size does not divide.
+        """
+        new_cfg = dataclasses.replace(self.cfg, image_size=image_size)  # validates the size
+        if self.posemb is not None:
+            with torch.no_grad():
+                resized = self.position_embedding(new_cfg.grid_size, new_cfg.grid_size).clone()
+            self.posemb = nn.Parameter(resized, requires_grad=self.posemb.requires_grad)
+        self.cfg = new_cfg
 
     def _check_input(self, x: torch.Tensor) -> None:
-        c, p = self.cfg.channels, self.cfg.patch_size
+        c, size = self.cfg.channels, self.cfg.image_size
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"pixel_values must be a tensor (batch, {c}, {size}, {size}), got {type(x).__name__}. "
+                f"Convert images with pali3_edu.data.collate.images_to_batch(images, {size})."
+            )
         if x.ndim != 4:
             raise ValueError(
-                f"pixel_values must be (batch, {c}, H, W); got shape {tuple(x.shape)}. "
+                f"pixel_values must be (batch, {c}, {size}, {size}); got shape {tuple(x.shape)}. "
                 "Add a batch dimension with x[None] for a single image."
             )
         if x.shape[1] != c:
@@ -304,24 +348,25 @@ class ViT(nn.Module):
         if not x.is_floating_point():
             raise TypeError(
                 f"pixel_values must be float in [-1, 1], got {x.dtype}. "
-                "Use pali3_edu.data.collate.images_to_batch, or x.float() / 127.5 - 1."
+                f"Use pali3_edu.data.collate.images_to_batch(images, {size}), or x.float() / 127.5 - 1."
             )
         h, w = x.shape[-2:]
-        if h % p or w % p:
+        if (h, w) != (size, size):
             raise ValueError(
-                f"Image size {h}x{w} is not divisible by the patch size {p}: resize to a multiple of {p} "
-                f"(the model was built for {self.cfg.image_size}x{self.cfg.image_size})."
+                f"Images are {h}x{w} but this ViT works at {size}x{size}: resize them with "
+                f"pali3_edu.data.collate.images_to_batch(images, {size}), or change the model's "
+                f"resolution with vit.set_image_size(n) (n a multiple of the patch size "
+                f"{self.cfg.patch_size})."
             )
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Patch embedding + position embedding: ``(B, C, H, W) -> (B, N, width)``."""
         self._check_input(pixel_values)
         x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))  # (B, D, gh, gw)
-        gh, gw = x.shape[-2:]
         x = rearrange(x, "b d gh gw -> b (gh gw) d")
-        return self.drop(x + self.position_embedding(gh, gw))
+        return self.drop(x + self.position_embedding())
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, pixel_values: torch.Tensor) -> ViTOutput:
         tokens = self.encoder(self.embed(pixel_values))
         if self.cfg.pool == "map":
             pooled = self.head(tokens)
@@ -329,4 +374,22 @@ class ViT(nn.Module):
             pooled = tokens.mean(dim=1)
         else:
             pooled = None
-        return tokens, pooled
+        return ViTOutput(tokens=tokens, pooled=pooled)
+
+
+__all__ = [
+    "MAPHead",
+    "ResizeMethod",
+    "ViT",
+    "ViTAttention",
+    "ViTBlock",
+    "ViTEncoder",
+    "ViTMLP",
+    "ViTOutput",
+    "init_transformer_weights",
+    "lecun_normal_",
+    "patchify",
+    "resize_posemb",
+    "sincos_2d_posemb",
+    "square_grid",
+]

@@ -1,12 +1,13 @@
-"""Import of transformers SigLIP weights (random small configs, no download) gives the same numbers."""
+"""Import of transformers SigLIP weights (random small configs, no download) gives the same numbers.
+
+``transformers`` is a test dependency: without it these tests fail (they never skip).
+"""
 
 import pytest
 import torch
+from transformers import SiglipConfig, SiglipModel, SiglipVisionConfig, SiglipVisionModel
 
-transformers = pytest.importorskip("transformers")
-from transformers import SiglipConfig, SiglipModel, SiglipVisionConfig, SiglipVisionModel  # noqa: E402
-
-from pali3_edu.convert import siglip_from_hf, vit_from_hf  # noqa: E402
+from pali3_edu.convert import siglip_from_hf, vit_from_hf
 
 TEXT = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=12, bos_token_id=None, eos_token_id=1, pad_token_id=1)
@@ -37,9 +38,12 @@ def test_siglip_from_hf_matches(hf_model):
         out = ours(px, ids)
         tokens, pooled = ours.encode_image(px)
         text = ours.encode_text(ids)
+        vision = ours.vision(px)
     close = dict(atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(tokens, ref.vision_model_output.last_hidden_state, **close)
     torch.testing.assert_close(pooled, ref.vision_model_output.pooler_output, **close)
+    torch.testing.assert_close(vision.tokens, tokens)
+    torch.testing.assert_close(vision.pooled, pooled)
     torch.testing.assert_close(text, ref.text_model_output.pooler_output, **close)
     torch.testing.assert_close(out.image_emb, ref.image_embeds, **close)
     torch.testing.assert_close(out.text_emb, ref.text_embeds, **close)
@@ -48,24 +52,37 @@ def test_siglip_from_hf_matches(hf_model):
     assert ours.t_prime.item() == 2.0 and ours.bias.item() == -3.0
 
 
-def test_vit_from_hf_matches_and_resizes_like_hf():
+def test_vit_from_hf_matches():
     torch.manual_seed(0)
     hf = SiglipVisionModel(SiglipVisionConfig(**VISION)).eval()
     vit = vit_from_hf(hf).eval()
+    assert vit.cfg.posemb_resize == "bilinear"  # the course's default (big_vision's choice)
     px = inputs()[0]
     with torch.no_grad():
         ref = hf(pixel_values=px)
-        tokens, pooled = vit(px)
-    torch.testing.assert_close(tokens, ref.last_hidden_state, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(pooled, ref.pooler_output, atol=1e-5, rtol=1e-5)
-    # a higher resolution: transformers interpolates bicubically when asked to
+        out = vit(px)
+    torch.testing.assert_close(out.tokens, ref.last_hidden_state, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.pooled, ref.pooler_output, atol=1e-5, rtol=1e-5)
+
+
+def test_set_image_size_bicubic_equals_hf_interpolate_pos_encoding():
+    torch.manual_seed(0)
+    hf = SiglipVisionModel(SiglipVisionConfig(**VISION)).eval()
     big = torch.rand(2, 3, 48, 48) * 2 - 1
-    vit.posemb_resize = "bicubic"
     with torch.no_grad():
         ref = hf(pixel_values=big, interpolate_pos_encoding=True)
-        tokens, pooled = vit(big)
-    torch.testing.assert_close(tokens, ref.last_hidden_state, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(pooled, ref.pooler_output, atol=1e-5, rtol=1e-5)
+    vit = vit_from_hf(hf, posemb_resize="bicubic").eval()
+    vit.set_image_size(48)  # 4x4 -> 6x6 position grid, once
+    assert vit.cfg.image_size == 48 and vit.posemb.shape == (1, 36, 64)
+    with torch.no_grad():
+        out = vit(big)
+    torch.testing.assert_close(out.tokens, ref.last_hidden_state, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.pooled, ref.pooler_output, atol=1e-5, rtol=1e-5)
+    # bilinear (big_vision) is a different interpolation: same shapes, other numbers
+    bilinear = vit_from_hf(hf).eval()
+    bilinear.set_image_size(48)
+    with torch.no_grad():
+        assert not torch.allclose(bilinear(big).tokens, ref.last_hidden_state, atol=1e-4)
 
 
 def test_vision_model_without_head():
@@ -73,10 +90,10 @@ def test_vision_model_without_head():
     vit = vit_from_hf(hf).eval()
     px = inputs()[0]
     with torch.no_grad():
-        tokens, pooled = vit(px)
+        out = vit(px)
         ref = hf(pixel_values=px).last_hidden_state
-    assert pooled is None
-    torch.testing.assert_close(tokens, ref, atol=1e-5, rtol=1e-5)
+    assert out.pooled is None
+    torch.testing.assert_close(out.tokens, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_unsupported_activation_is_a_clear_error():

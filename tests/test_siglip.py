@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pali3_edu.config import SigLIPConfig, TextConfig, ViTConfig, get_config
-from pali3_edu.siglip import SigLIP, SigLIPOutput, TextTransformer, sigmoid_loss, softmax_loss
+from pali3_edu.siglip import SigLIP, SigLIPOutput, TextOutput, TextTransformer, sigmoid_loss, softmax_loss
 
 CFG = SigLIPConfig(
     vision=ViTConfig(image_size=16, patch_size=8, width=32, depth=1, mlp_dim=64, heads=4),
@@ -35,12 +35,14 @@ def test_public_surface():
     assert out.logits.shape == (3, 3)
     torch.testing.assert_close(out.image_emb.norm(dim=-1), torch.ones(3))
     torch.testing.assert_close(out.text_emb.norm(dim=-1), torch.ones(3))
-    torch.testing.assert_close(out["loss"], sigmoid_loss(out.image_emb, out.text_emb, model.t_prime, model.bias))
+    torch.testing.assert_close(out.loss, sigmoid_loss(out.image_emb, out.text_emb, model.t_prime, model.bias))
+    with pytest.raises(TypeError):  # a plain dataclass: attributes, not dict keys
+        out["loss"]
     torch.testing.assert_close(out.logits, model.t_prime.exp() * out.image_emb @ out.text_emb.T + model.bias)
     soft = model(px, ids, loss="softmax").loss
     torch.testing.assert_close(soft, softmax_loss(out.image_emb, out.text_emb, model.t_prime))
     # zero-shot style: 2 images against 5 prompts gives (2, 5) logits and no loss
-    out = model(px[:2], batch(5, 1)[1])
+    out = model(px[:2], batch(5, 1)[1], loss="none")
     assert out.logits.shape == (2, 5) and out.loss is None
 
 
@@ -54,7 +56,7 @@ def test_init_values_and_sanity_loss():
     ids = torch.randint(0, 1792, (8, 24))
     with torch.no_grad():
         loss = model(px, ids).loss.item()
-    # at init the positives cost ≈ 10 each and the negatives almost nothing: loss ≈ 10 (see REFERENCE_FACTS)
+    # at init (t = 10, b = -10) the positives cost ≈ 10 each and the negatives almost nothing: loss ≈ 10
     assert 8.0 < loss < 12.5
 
 
@@ -62,14 +64,15 @@ def test_text_tower_is_bidirectional_and_pools_the_last_token():
     torch.manual_seed(0)
     tower = TextTransformer(CFG.text, 32).eval()
     ids = torch.randint(0, 50, (2, 6))
-    tokens, pooled = tower(ids, return_tokens=True)
-    torch.testing.assert_close(pooled, tower.head(tokens[:, -1]))
+    out = tower(ids)
+    assert isinstance(out, TextOutput) and out.tokens.shape == (2, 6, 32)
+    torch.testing.assert_close(out.pooled, tower.head(out.tokens[:, -1]))
     changed = ids.clone()
     changed[:, -1] = (changed[:, -1] + 1) % 50
     # no causal mask: changing the last token changes the first position's output
-    assert not torch.allclose(tower(changed, return_tokens=True)[0][:, 0], tokens[:, 0])
+    assert not torch.allclose(tower(changed).tokens[:, 0], out.tokens[:, 0])
     # shorter input uses the first positions
-    assert tower(ids[:, :4]).shape == (2, 32)
+    assert tower(ids[:, :4]).pooled.shape == (2, 32)
 
 
 def test_input_errors():
@@ -84,6 +87,48 @@ def test_input_errors():
         SigLIP(dataclasses.replace(CFG, vision=dataclasses.replace(CFG.vision, pool="none")))
     with pytest.raises(ValueError, match="loss"):
         model(*batch(2), loss="hinge")
+
+
+def test_text_ids_out_of_range_are_a_clear_error():
+    model = SigLIP(CFG)  # vocab_size 50
+    for bad in (torch.tensor([[1, 2, 50]]), torch.tensor([[-1, 2, 3]])):
+        with pytest.raises(ValueError, match=r"outside \[0, 50\).*vocab_size"):
+            model.encode_text(bad)
+    assert model.encode_text(torch.tensor([[0, 49]])).shape == (1, 32)  # both ends of the range
+
+
+def test_empty_text_is_a_clear_error():
+    model = SigLIP(CFG)
+    with pytest.raises(ValueError, match="no tokens"):
+        model.encode_text(torch.zeros(2, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="no tokens"):
+        model(batch(2)[0], torch.zeros(2, 0, dtype=torch.long))
+
+
+def test_batch_size_mismatch_raises_when_a_loss_is_asked_for():
+    model = SigLIP(CFG)
+    px, _ = batch(3)
+    ids = batch(5, 1)[1]
+    for kind in ("sigmoid", "softmax"):
+        with pytest.raises(ValueError, match=r"3 images but 5 texts.*loss='none'"):
+            model(px, ids, loss=kind)
+    assert model(px, ids, loss="none").logits.shape == (3, 5)
+
+
+def test_reset_parameters_restores_the_init():
+    torch.manual_seed(0)
+    model = SigLIP(dataclasses.replace(CFG, embed_dim=16))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.5)
+    model.reset_parameters()
+    assert math.isclose(model.t_prime.item(), math.log(10), rel_tol=1e-6) and model.bias.item() == -10.0
+    text = model.text
+    assert abs(text.token_embed.weight.std().item() * 32**0.5 - 1) < 0.1
+    assert abs(text.posemb.std().item() * 32**0.5 - 1) < 0.3  # only 6 × 32 values
+    assert text.head.bias.abs().max() == 0 and model.image_proj.bias.abs().max() == 0
+    assert abs(model.image_proj.weight.std().item() * 32**0.5 - 1) < 0.2  # LeCun normal
+    assert not any((p == 0.5).all() for p in model.parameters())  # every parameter was re-initialised
 
 
 def test_embed_dim_different_from_vit_width_adds_a_projection():

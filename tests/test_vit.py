@@ -10,7 +10,7 @@ from einops import rearrange
 
 from pali3_edu.config import ViTConfig, get_config
 from pali3_edu.vit import (
-    MAPHead, Attention, Block, ViT, patchify, resize_posemb, sincos_2d_posemb,
+    MAPHead, ViT, ViTAttention, ViTBlock, ViTOutput, patchify, resize_posemb, sincos_2d_posemb,
 )
 
 TINY = ViTConfig(image_size=32, patch_size=8, width=32, depth=2, mlp_dim=64, heads=4)
@@ -82,7 +82,9 @@ def test_resize_posemb_bilinear_ramp():
 @pytest.mark.parametrize("posemb", ["learn", "sincos2d"])
 def test_vit_shapes(pool, posemb):
     vit = ViT(dataclasses.replace(TINY, pool=pool, posemb=posemb))
-    tokens, pooled = vit(torch.rand(2, 3, 32, 32) * 2 - 1)
+    out = vit(torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert isinstance(out, ViTOutput)
+    tokens, pooled = out.tokens, out.pooled
     assert tokens.shape == (2, 16, 32)
     if pool == "none":
         assert pooled is None
@@ -92,30 +94,67 @@ def test_vit_shapes(pool, posemb):
         torch.testing.assert_close(pooled, tokens.mean(1))
 
 
-def test_vit_other_sizes_and_errors():
-    torch.manual_seed(0)
+def test_vit_input_errors_say_what_to_do():
     vit = ViT(TINY).eval()
-    x = torch.rand(1, 3, 48, 40) * 2 - 1
-    tokens, _ = vit(x)
-    assert tokens.shape == (1, 6 * 5, 32)
-    with pytest.raises(ValueError, match="divisible by the patch size 8"):
+    with pytest.raises(ValueError, match=r"30x32 but this ViT works at 32x32.*images_to_batch.*set_image_size"):
         vit(torch.zeros(1, 3, 30, 32))
-    with pytest.raises(ValueError, match="channels"):
+    with pytest.raises(ValueError, match=r"48x48 .*images_to_batch\(images, 32\).*set_image_size"):
+        vit(torch.zeros(1, 3, 48, 48))  # divisible by the patch size, but not the model's size
+    with pytest.raises(ValueError, match="channels-first"):
         vit(torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError, match="batch"):
         vit(torch.zeros(3, 32, 32))
-    with pytest.raises(TypeError, match="float"):
+    with pytest.raises(TypeError, match=r"float in \[-1, 1\].*images_to_batch"):
         vit(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
-    # on-the-fly resizing equals resizing the parameter once
-    x = torch.rand(2, 3, 64, 64) * 2 - 1
-    on_the_fly = vit(x)
+    with pytest.raises(TypeError, match="tensor"):
+        vit([[0.0]])
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (dict(patch_size=0), "patch_size must be a positive int"),
+        (dict(image_size=30), "not divisible by patch_size 8"),
+        (dict(heads=5), "divisible by heads"),
+        (dict(pool="cls"), "pool"),
+        (dict(posemb="rope"), "posemb"),
+        (dict(posemb_resize="nearest"), "posemb_resize"),
+    ],
+)
+def test_bad_vit_configs_fail_at_construction(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(TINY, **overrides)
+    with pytest.raises(ValueError, match=match):
+        ViTConfig(**{**dataclasses.asdict(TINY), **overrides})
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+def test_set_image_size_resizes_the_grid_with_the_config_method(method):
+    torch.manual_seed(0)
+    vit = ViT(dataclasses.replace(TINY, posemb_resize=method)).eval()
+    old = vit.posemb.detach().clone()
     vit.set_image_size(64)
-    assert vit.cfg.image_size == 64 and vit.posemb.shape == (1, 64, 32)
-    for a, b in zip(on_the_fly, vit(x)):
-        torch.testing.assert_close(a, b)
+    assert vit.cfg.image_size == 64 and vit.cfg.posemb_resize == method
+    assert vit.posemb.shape == (1, 64, 32) and vit.posemb.requires_grad
+    torch.testing.assert_close(vit.posemb.detach(), resize_posemb(old, 8, method))
+    out = vit(torch.rand(2, 3, 64, 64) * 2 - 1)
+    assert out.tokens.shape == (2, 64, 32) and out.pooled.shape == (2, 32)
+    with pytest.raises(ValueError, match="works at 64x64"):
+        vit(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        vit.set_image_size(60)
+    assert vit.cfg.image_size == 64  # a failed call changes nothing
 
 
-def test_reference_facts():
+def test_set_image_size_recomputes_sincos():
+    vit = ViT(dataclasses.replace(TINY, posemb="sincos2d"))
+    assert vit.posemb is None and not any("posemb" in n for n, _ in vit.named_parameters())
+    vit.set_image_size(48)
+    torch.testing.assert_close(vit.position_embedding(), sincos_2d_posemb(6, 6, 32))
+    assert vit(torch.rand(1, 3, 48, 48)).tokens.shape == (1, 36, 32)
+
+
+def test_paper_facts():
     vit = ViT(get_config("vit", "tiny-cpu"))
     lns = [m for m in vit.modules() if isinstance(m, torch.nn.LayerNorm)]
     assert lns and all(m.eps == 1e-6 for m in lns)
@@ -126,11 +165,35 @@ def test_reference_facts():
     attn = vit.encoder.blocks[0].attn
     assert all(lin.bias is not None for lin in (attn.q, attn.k, attn.v, attn.out))
     assert not any("cls" in n for n, _ in vit.named_parameters())
+    assert isinstance(vit.head, MAPHead)
+
+
+def test_reset_parameters_is_the_one_init():
+    torch.manual_seed(0)
+    vit = ViT(get_config("vit", "tiny-cpu"))
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.fill_(0.123)
+    vit.reset_parameters()
+    w = vit.cfg.width
+    fan_in = 3 * 8 * 8
+    assert abs(vit.patch_embed.weight.std().item() * fan_in**0.5 - 1) < 0.1  # LeCun normal
+    assert vit.patch_embed.bias.abs().max() == 0
+    assert abs(vit.posemb.std().item() * w**0.5 - 1) < 0.1
+    q = vit.encoder.blocks[0].attn.q
+    bound = (6 / (2 * w)) ** 0.5  # Xavier-uniform
+    assert q.weight.abs().max() <= bound and q.weight.abs().max() > 0.9 * bound
+    assert q.bias.abs().max() == 0
+    fc1 = vit.encoder.blocks[0].mlp.fc1
+    assert 0 < fc1.bias.abs().max() < 1e-5  # N(0, 1e-6)
+    ln = vit.encoder.norm
+    assert torch.equal(ln.weight, torch.ones(w)) and torch.equal(ln.bias, torch.zeros(w))
+    assert vit.head.probe.abs().max() > 0 and (vit.head.probe != 0.123).all()
 
 
 def test_block_is_pre_ln_with_tanh_gelu():
     torch.manual_seed(0)
-    block = Block(16, 32, 4).eval()
+    block = ViTBlock(16, 32, 4).eval()
     x = torch.randn(2, 5, 16)
     h = x + block.attn(F.layer_norm(x, (16,), block.ln1.weight, block.ln1.bias, 1e-6))
     z = F.layer_norm(h, (16,), block.ln2.weight, block.ln2.bias, 1e-6)
@@ -141,7 +204,7 @@ def test_block_is_pre_ln_with_tanh_gelu():
 
 def test_attention_matches_torch_mha():
     torch.manual_seed(0)
-    ours = Attention(16, 4).eval()
+    ours = ViTAttention(16, 4).eval()
     ref = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
     with torch.no_grad():
         ref.in_proj_weight.copy_(torch.cat([ours.q.weight, ours.k.weight, ours.v.weight]))
@@ -163,8 +226,8 @@ def test_map_head_is_permutation_invariant():
 
 def test_gradients_reach_every_parameter():
     vit = ViT(TINY)
-    tokens, pooled = vit(torch.rand(2, 3, 32, 32) * 2 - 1)
-    (tokens.sum() + pooled.sum()).backward()
+    out = vit(torch.rand(2, 3, 32, 32) * 2 - 1)
+    (out.tokens.sum() + out.pooled.sum()).backward()
     missing = [n for n, p in vit.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert not missing
 
@@ -197,6 +260,8 @@ def test_vision_plots():
     assert len(fig.axes) == 1 + 16
     fig2 = plot_posemb_similarity(ViT(TINY))
     assert len(fig2.axes) == 16 + 1  # one tile per position + the colour bar
+    fig3 = plot_posemb_similarity(ViT(dataclasses.replace(TINY, posemb="sincos2d")))
+    assert len(fig3.axes) == 16 + 1
     with pytest.raises(ValueError, match="square"):
         plot_posemb_similarity(torch.zeros(1, 6, 4))
     plt.close("all")

@@ -13,46 +13,32 @@ with it, each step processes one token. The speed-up therefore grows with the le
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from pali3_edu.config import get_config
 from pali3_edu.encdec import EncoderDecoder
 from pali3_edu.generate import generate
+from pali3_edu.profiling import time_call
 from pali3_edu.utils import pick_device
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_generation(
-    model: EncoderDecoder, input_ids: torch.Tensor, new_tokens: int, use_cache: bool, repeats: int = 1
-) -> tuple[float, torch.Tensor]:
-    """Best-of-``repeats`` wall time (s) of a full-length greedy generation, and its output."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        _sync(input_ids.device)
-        start = time.perf_counter()
-        out = generate(model, input_ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                       use_cache=use_cache)
-        _sync(input_ids.device)
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def measure_speedup(
     model: EncoderDecoder, input_ids: torch.Tensor, new_tokens: int, repeats: int = 1
 ) -> dict[str, float]:
     """Times with and without the cache for one output length: ``{"cached_s", "uncached_s",
-    "speedup"}``. Raises if the two outputs differ (they must be token-for-token equal)."""
-    generate(model, input_ids, max_new_tokens=4, min_new_tokens=4)  # warm-up (allocations, kernels)
-    cached, out_c = time_generation(model, input_ids, new_tokens, True, repeats)
-    uncached, out_u = time_generation(model, input_ids, new_tokens, False, repeats)
-    if not torch.equal(out_c, out_u):
+    "speedup"}`` (best of ``repeats``, via :func:`pali3_edu.profiling.time_call`). Raises if the
+    two outputs differ (they must be token-for-token equal)."""
+
+    def run(use_cache: bool) -> torch.Tensor:
+        return generate(model, input_ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                        use_cache=use_cache)
+
+    if not torch.equal(run(True), run(False)):  # also the warm-up (allocations, kernels)
         raise AssertionError("cached and uncached generation disagree")
+    device = input_ids.device
+    cached = time_call(lambda: run(True), device, repeats=repeats, warmup=0)
+    uncached = time_call(lambda: run(False), device, repeats=repeats, warmup=0)
     return {"cached_s": cached, "uncached_s": uncached, "speedup": uncached / cached}
 
 

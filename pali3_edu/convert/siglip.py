@@ -38,7 +38,7 @@ import torch
 
 from pali3_edu.config import SigLIPConfig, TextConfig, ViTConfig
 from pali3_edu.siglip import SigLIP
-from pali3_edu.vit import ViT
+from pali3_edu.vit import ResizeMethod, ViT
 
 _TANH_GELUS = {"gelu_pytorch_tanh", "gelu_new", "gelu_fast"}  # all tanh-approximate GELU
 
@@ -61,13 +61,18 @@ def _square(v: Any) -> int:
     return int(v)
 
 
-def vit_config_from_hf(cfg: Any) -> ViTConfig:
-    """A :class:`ViTConfig` from a ``SiglipVisionConfig``."""
+def vit_config_from_hf(cfg: Any, posemb_resize: ResizeMethod = "bilinear") -> ViTConfig:
+    """A :class:`ViTConfig` from a ``SiglipVisionConfig``.
+
+    ``posemb_resize`` is how :meth:`ViT.set_image_size` will resize the position grid:
+    ``"bilinear"`` (big_vision, the course's default) or ``"bicubic"`` (what ``transformers``
+    does with ``interpolate_pos_encoding=True``).
+    """
     _check_act(cfg)
     return ViTConfig(
         image_size=_square(cfg.image_size), patch_size=_square(cfg.patch_size), channels=cfg.num_channels,
         width=cfg.hidden_size, depth=cfg.num_hidden_layers, mlp_dim=cfg.intermediate_size,
-        heads=cfg.num_attention_heads, posemb="learn",
+        heads=cfg.num_attention_heads, posemb="learn", posemb_resize=posemb_resize,
         pool="map" if getattr(cfg, "vision_use_head", True) else "none",
         layer_norm_eps=cfg.layer_norm_eps,
     )
@@ -140,21 +145,25 @@ def _inner(model: Any, attr: str) -> Any:
     return inner if isinstance(inner, torch.nn.Module) else model
 
 
-def vit_from_hf(hf_vision_model: Any) -> ViT:
+def vit_from_hf(hf_vision_model: Any, posemb_resize: ResizeMethod = "bilinear") -> ViT:
     """A course :class:`ViT` with the weights of a ``transformers`` ``SiglipVisionModel``.
 
-    ``vit(x)[0]`` equals the HF ``last_hidden_state`` (after ``post_layernorm``), ``vit(x)[1]`` its
-    ``pooler_output`` (MAP head). Position embeddings are resized bilinearly for other sizes
-    (HF needs ``interpolate_pos_encoding=True`` and uses bicubic: set ``vit.posemb_resize``).
+    ``vit(x).tokens`` equals the HF ``last_hidden_state`` (after ``post_layernorm``),
+    ``vit(x).pooled`` its ``pooler_output`` (MAP head). For another resolution call
+    ``vit.set_image_size(n)``; with ``posemb_resize="bicubic"`` the result equals HF's
+    ``interpolate_pos_encoding=True`` at that size.
     """
     inner = _inner(hf_vision_model, "vision_model")
-    vit = ViT(vit_config_from_hf(hf_vision_model.config))
+    vit = ViT(vit_config_from_hf(hf_vision_model.config, posemb_resize))
     vit.load_state_dict(_vision_state(inner.state_dict()), strict=True)
     return vit.to(next(inner.parameters()).dtype)
 
 
-def siglip_from_hf(hf_model: Any) -> SigLIP:
+def siglip_from_hf(hf_model: Any, posemb_resize: ResizeMethod = "bilinear") -> SigLIP:
     """A course :class:`SigLIP` with the weights of a ``transformers`` ``SiglipModel``.
+
+    ``posemb_resize``: how ``model.vision.set_image_size`` resizes the position grid (see
+    :func:`vit_config_from_hf`).
 
     Works on a randomly initialised model built from a config (tests) and on
     ``SiglipModel.from_pretrained("google/siglip-base-patch16-224")`` (needs internet).
@@ -163,7 +172,7 @@ def siglip_from_hf(hf_model: Any) -> SigLIP:
     """
     tc, vc = hf_model.config.text_config, hf_model.config.vision_config
     _check_act(tc)
-    vision = vit_config_from_hf(vc)
+    vision = vit_config_from_hf(vc, posemb_resize)
     if vision.pool != "map":
         raise NotImplementedError("SiglipModel without a vision head (vision_use_head=False) has no image embedding.")
     text = TextConfig(

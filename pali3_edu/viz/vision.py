@@ -1,7 +1,7 @@
 """Pictures for the vision transformer lesson: an image cut into patches, position-embedding similarity.
 
     >>> show_patches(image, patch=8)             # the image with its patch grid, and the patch sequence
-    >>> plot_posemb_similarity(vit.posemb)      # cosine similarity of each position to all others
+    >>> plot_posemb_similarity(vit)             # cosine similarity of each position to all others
 """
 
 from __future__ import annotations
@@ -56,11 +56,13 @@ def show_patches(image: Any, patch: int, max_patches: int = 64, title: str | Non
 def plot_posemb_similarity(posemb: Any, grid: tuple[int, int] | None = None, title: str | None = None):
     """Cosine similarity of each position's embedding to every other position, one small map per
     position laid out on the patch grid (as in the ViT paper). ``posemb``: ``(1, N, D)``, ``(N, D)``
-    or a model with a ``posemb`` attribute. Returns the figure."""
+    or a :class:`~pali3_edu.vit.ViT` (its position embedding at the native grid, learned or
+    sincos). Returns the figure."""
     import matplotlib.pyplot as plt
 
-    pe = getattr(posemb, "posemb", posemb)
-    pe = torch.as_tensor(pe).detach().cpu().float().reshape(-1, torch.as_tensor(pe).shape[-1])
+    pe = posemb.position_embedding() if hasattr(posemb, "position_embedding") else posemb
+    pe = torch.as_tensor(pe).detach().cpu().float()
+    pe = pe.reshape(-1, pe.shape[-1])
     n = pe.shape[0]
     if grid is None:
         grid = square_grid(n)

@@ -1,0 +1,35 @@
+"""The lesson list, the recorded lesson times and the README's lesson table agree."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pali3_edu import course
+
+
+def test_every_notebook_is_a_listed_lesson():
+    files = {p.name for p in course.NOTEBOOKS.glob("*.ipynb")}
+    listed = {lesson.file for lesson in course.LESSONS}
+    assert files <= listed, f"lessons missing from pali3_edu.course.LESSONS: {sorted(files - listed)}"
+
+
+def test_readme_table_is_generated_from_the_record():
+    readme = (course.ROOT / "README.md").read_text()
+    assert course.readme_with_table(readme) == readme, (
+        "The README's lesson table differs from the record: run `python -m pali3_edu.course readme`.")
+
+
+def test_table_uses_recorded_times(tmp_path):
+    record = {"machine": "a test machine", "date": "2026-01-01",
+              "seconds": {lesson.file: 30.0 + i for i, lesson in enumerate(course.existing_lessons())}}
+    path = tmp_path / "times.json"
+    path.write_text(json.dumps(record))
+    table = course.lesson_table(course.load_record(path))
+    assert "a test machine" in table and "| 30 s |" in table
+
+
+def test_readme_without_markers_is_refused():
+    with pytest.raises(ValueError, match="markers"):
+        course.readme_with_table("# no table here")

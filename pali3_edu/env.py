@@ -64,6 +64,7 @@ __all__ = [
     "PackageCheck",
     "amp_dtype_for",
     "check_environment",
+    "git_commit",
     "main",
     "memory_bytes",
     "on_colab",
@@ -128,6 +129,33 @@ def on_colab() -> bool:
 def _in_checkout() -> bool:
     """True when this package is a source checkout (``pip install -e .``), not a plain install."""
     return (_REPO_ROOT / "pyproject.toml").exists()
+
+
+def git_commit(root: str | os.PathLike[str] = _REPO_ROOT) -> str | None:
+    """The commit a source checkout is at (12 hex digits), read from ``.git`` without running git;
+    None outside a checkout or when it cannot be read."""
+    git = Path(root) / ".git"
+    try:
+        if git.is_file():  # a worktree: "gitdir: <path>"
+            git = Path(git.read_text().split(":", 1)[1].strip())
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head[:12] or None
+        ref = head.split(":", 1)[1].strip()
+        loose = git / ref
+        if loose.is_file():
+            return loose.read_text().strip()[:12] or None
+        common = git
+        if (git / "commondir").is_file():
+            common = (git / (git / "commondir").read_text().strip()).resolve()
+            if (common / ref).is_file():
+                return (common / ref).read_text().strip()[:12] or None
+        for line in (common / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split(" ", 1)[0][:12]
+    except (OSError, IndexError):
+        return None
+    return None
 
 
 def _pip() -> str:
@@ -481,6 +509,7 @@ class EnvReport:
     pali3_edu_version: str
     pali3_edu_location: str
     on_colab: bool
+    git_commit: str | None = None  # the commit of a source checkout
     torch_version: str | None = None
     cuda_version: str | None = None  # the CUDA version PyTorch was built with (None: a CPU build)
     cuda_available: bool = False
@@ -516,7 +545,8 @@ class EnvReport:
 
         row("Python", f"{self.python_version} ({self.python_executable})")
         row("system", self.platform + ("  · Google Colab" if self.on_colab else ""))
-        row("pali3_edu", self.pali3_edu_location)
+        commit = f" (git {self.git_commit})" if self.git_commit else ""
+        row("pali3_edu", f"{self.pali3_edu_location}{commit}")
         if self.torch_version is None:
             row("PyTorch", "not installed")
         else:
@@ -592,6 +622,7 @@ def check_environment(test: bool = False) -> EnvReport:
         pali3_edu_version=__version__,
         pali3_edu_location=str(package_dir),
         on_colab=colab,
+        git_commit=git_commit() if _in_checkout() else None,
         test=test,
     )
     report.packages, problems = _check_packages(test, colab)

@@ -383,6 +383,25 @@ def test_the_real_installed_metadata_is_read():
     assert all(c.installed is not None for c in report.packages if c.group == "required" and c.satisfied)
 
 
+def test_git_commit_of_this_checkout(tmp_path):
+    if not (env._REPO_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    head = subprocess.run(["git", "-C", str(env._REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert env.git_commit() == head[:12]
+    assert env.git_commit(tmp_path) is None  # not a checkout
+
+
+def test_git_commit_from_packed_refs(tmp_path):
+    git = tmp_path / ".git"
+    git.mkdir()
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "packed-refs").write_text("# pack-refs with: peeled\n" + "ab" * 20 + " refs/heads/main\n")
+    assert env.git_commit(tmp_path) == "ab" * 6
+    (git / "HEAD").write_text("cd" * 20 + "\n")  # detached HEAD
+    assert env.git_commit(tmp_path) == "cd" * 6
+
+
 def test_the_command_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "pali3_edu.env"], capture_output=True, text=True, timeout=300,
                             check=False)

@@ -79,10 +79,9 @@ class PaLI3Output:
     encoder_mask: Tensor | None = None
 
 
-def patch_tokens(vit: nn.Module, pixel_values: Tensor) -> Tensor:
+def patch_tokens(vit: ViT, pixel_values: Tensor) -> Tensor:
     """The ViT's output tokens before any pooling head: ``(batch, patches, width)``."""
-    out = vit(pixel_values)
-    return out.tokens if hasattr(out, "tokens") else out[0]
+    return vit(pixel_values).tokens
 
 
 class PaLI3(nn.Module):

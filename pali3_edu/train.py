@@ -621,3 +621,8 @@ def _load_optimizer(model: nn.Module, opt: torch.optim.Optimizer, state: dict[st
             f"The optimizer state in {folder} does not fit the parameters being trained ({err}). "
             "Train the same parameters, or delete the folder and train again."
         ) from err
+
+
+if __name__ == "__main__":  # python -m pali3_edu.train --recipe ... (see pali3_edu.run)
+    from pali3_edu.run import main
+    raise SystemExit(main())

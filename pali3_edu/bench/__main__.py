@@ -17,6 +17,7 @@ BENCHMARKS = {
     "denoisers": ("pali3_edu.bench.denoisers", "UL2 span-corruption throughput"),
     "siglip": ("pali3_edu.bench.siglip", "sigmoid loss: full vs chunked peak memory and time"),
     "generate": ("pali3_edu.bench.generate", "KV-cache speed-up of decoding"),
+    "train": ("pali3_edu.bench.train", "PaLI-3 training step: course vs transformers, MFU"),
 }
 
 # Integer options of the benchmarks that do not check them themselves, and their ``nargs``.

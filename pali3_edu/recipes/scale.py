@@ -1,0 +1,217 @@
+"""Presets for the GPU-scale run and for smoke tests, registered into every stage on import.
+
+Each stage (``siglip``, ``ul2``, ``pali3-stage1``, ``pali3-stage2``, ``pali3-transfer``) gets the
+same four presets, so ``python -m pali3_edu.train --recipe all --preset h100`` chains the whole
+course at one size:
+
+==============  =====================================================================================
+preset          what it is for
+==============  =====================================================================================
+``smoke``       every stage on a CPU in seconds (the ``micro`` sizes, a handful of steps, a loss row
+                per step). The tests and ``--recipe all --preset smoke`` use it to check that the
+                chain runs end to end; it learns nothing.
+``colab-t4``    one 16 GB T4 (Colab's free GPU): the real size below in **fp16** with loss scaling
+                (a T4 has no bf16), small micro-batches with gradient accumulation, fewer steps,
+                checkpoints every 100 steps so a disconnected session resumes.
+``l4-a100``     one 24 GB L4, or an A100 (40/80 GB), in **bf16**: batch sizes sized for the L4's
+                24 GB; an A100 runs the same recipe (and so the same trained model) faster.
+``h100``        one 80 GB H100 in **bf16**: the largest batches and the most steps.
+==============  =====================================================================================
+
+The real size (all three GPU presets): a SigLIP **ViT-B/16 at 224 px** (``get_config("vit",
+"B/16")``, 196 patch tokens) with a B-sized text tower for the contrastive stage, and a
+**T5-v1.1-base**-sized encoder-decoder (``get_config("encdec", "t5-v1_1-base")``, 12+12 layers,
+``d_model`` 768) for UL2; PaLI-3 joins the two (about 86 M + 200 M parameters with the course's
+1792-token vocabulary). The data is ShapesWorld rendered at 224 px (stage 2 and transfer: 448 px,
+784 patch tokens, which is why the encoder's ``max_input_length`` is raised to 1024).
+
+Only the batch size, gradient accumulation, precision and step counts differ between the GPU
+presets. They are **starting points, not measured fits**: the memory figures behind them are
+estimates (about 0.1 GB of activations per example at 224 px in bf16, 0.7 GB at 448 px with
+the whole model training). If a stage runs out of memory, halve ``data.batch_size`` and double
+``train.grad_accum`` (``--set``), or add ``--checkpointing`` (:mod:`pali3_edu.speed`).
+SigLIP is the exception: its loss compares the images and texts *of one micro-batch*, so
+gradient accumulation does not give it a larger contrastive batch.
+
+fp16 and T5: T5-style models are known to overflow fp16 (activations above 65504 in the
+feed-forward). The residual stream stays fp32 here (weights are fp32 under autocast), and the
+loss scaler skips steps whose gradients overflow, so training from scratch usually works; if
+the loss turns inf, train that stage in fp32 (``--set train.amp_dtype=null``, about 4x slower on
+a T4) or on a bf16 GPU.
+
+Rendering ShapesWorld is single-threaded (about 25 scenes/s at 224 px, a few per second at 448
+px), so the first run of a GPU preset spends several minutes building its data sets; they are
+cached under ``data/shapesworld/`` and shared by every stage that asks for the same ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pali3_edu.config import SigLIPConfig, TextConfig, get_config
+from pali3_edu.pali3 import PaLI3Config
+from pali3_edu.recipes import pali3 as pali3_stages
+from pali3_edu.recipes import siglip as siglip_stage
+from pali3_edu.recipes import ul2 as ul2_stage
+from pali3_edu.recipes.base import Recipe, get_stage
+from pali3_edu.recipes.pali3 import MultimodalSettings, PaLI3Data, StageSettings
+from pali3_edu.recipes.siglip import SigLIPData
+from pali3_edu.recipes.ul2 import UL2DataSettings
+from pali3_edu.train import TrainConfig
+
+#: The stages in training order; each starts from the ones before it (``recipe.upstream``).
+STAGE_ORDER = ("siglip", "ul2", "pali3-stage1", "pali3-stage2", "pali3-transfer")
+SCALE_PRESETS = ("smoke", "colab-t4", "l4-a100", "h100")
+
+# ---------------------------------------------------------------------------------------------
+# smoke: the micro recipes, a few steps, one history row per step
+# ---------------------------------------------------------------------------------------------
+
+_SMOKE_STEPS = {"siglip": 6, "ul2": 8, "pali3-stage1": 4, "pali3-stage2": 2, "pali3-transfer": 2}
+
+
+def _smoke(stage: str) -> Recipe:
+    micro = get_stage(stage).presets["micro"]
+    upstream = {role: (s, "smoke") for role, (s, _) in micro.upstream.items()}
+    train = dataclasses.replace(micro.train, steps=_SMOKE_STEPS[stage],
+                                warmup_steps=min(micro.train.warmup_steps, max(1, _SMOKE_STEPS[stage] // 2)), log_every=1,
+                                checkpoint_every=None)
+    return dataclasses.replace(micro, preset="smoke", train=train, upstream=upstream)
+
+
+# ---------------------------------------------------------------------------------------------
+# The real size, shared by the GPU presets
+# ---------------------------------------------------------------------------------------------
+
+
+def siglip_b16() -> SigLIPConfig:
+    """SigLIP B/16 at 224 px: the ViT-B/16 image tower and a B-sized text tower (12 layers, width
+    768) with the course vocabulary; captions up to 32 tokens."""
+    return SigLIPConfig(
+        vision=get_config("vit", "B/16"),
+        text=TextConfig(vocab_size=1792, max_len=32, width=768, depth=12, mlp_dim=3072, heads=12),
+        embed_dim=768,
+    )
+
+
+def t5_base() -> Any:
+    """The T5-v1.1-base shape (vocabulary replaced by the tokenizer's when the model is built);
+    inputs up to 1024 tokens so that 784 visual tokens (448 px) + the prompt fit."""
+    return get_config("encdec", "t5-v1_1-base", max_input_length=1024)
+
+
+def pali3_base(image_size: int = 224) -> PaLI3Config:
+    """PaLI-3 of the two towers above: the SigLIP image tower without its pooling head, the UL2
+    encoder-decoder, and the course's sine-cosine code on the visual tokens."""
+    vision = dataclasses.replace(siglip_b16().vision, pool="none", image_size=image_size)
+    return PaLI3Config(vision=vision, text=t5_base(), max_prompt_len=24, max_answer_len=40,
+                       visual_posemb="sincos2d")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tier:
+    """What differs between the GPU presets: precision, micro-batch sizes, accumulation, steps."""
+
+    amp: str
+    siglip_batch: int
+    ul2_batch: int
+    stage1_batch: tuple[int, int]  # (micro-batch, accumulation)
+    stage2_batch: tuple[int, int]
+    transfer_batch: tuple[int, int]
+    steps: dict[str, int]
+    checkpoint_every: int
+    scenes_224: int = 20_000
+    scenes_448: int = 5_000
+
+
+TIERS: dict[str, Tier] = {
+    # T4, 16 GB, fp16 (65 TFLOP/s peak): everything smaller and shorter; resumable every 100 steps
+    "colab-t4": Tier("fp16", siglip_batch=64, ul2_batch=64, stage1_batch=(32, 2), stage2_batch=(4, 8),
+                     transfer_batch=(8, 4),
+                     steps={"siglip": 1500, "ul2": 2000, "pali3-stage1": 1500, "pali3-stage2": 300,
+                            "pali3-transfer": 300},
+                     checkpoint_every=100, scenes_224=10_000, scenes_448=3_000),
+    # L4, 24 GB (or A100), bf16
+    "l4-a100": Tier("bf16", siglip_batch=128, ul2_batch=128, stage1_batch=(64, 1), stage2_batch=(8, 4),
+                    transfer_batch=(16, 2),
+                    steps={"siglip": 3000, "ul2": 3000, "pali3-stage1": 2000, "pali3-stage2": 500,
+                           "pali3-transfer": 500},
+                    checkpoint_every=250),
+    # H100, 80 GB, bf16
+    "h100": Tier("bf16", siglip_batch=512, ul2_batch=256, stage1_batch=(128, 1), stage2_batch=(32, 2),
+                 transfer_batch=(64, 1),
+                 steps={"siglip": 3000, "ul2": 4000, "pali3-stage1": 3000, "pali3-stage2": 600,
+                        "pali3-transfer": 600},
+                 checkpoint_every=250),
+}
+
+
+def _train(tier: Tier, stage: str, **kwargs: Any) -> TrainConfig:
+    return TrainConfig(steps=tier.steps[stage], amp_dtype=tier.amp, log_every=10,
+                       checkpoint_every=tier.checkpoint_every, **kwargs)
+
+
+def _gpu(preset: str, stage: str) -> Recipe:
+    tier = TIERS[preset]
+    up = lambda **roles: {role: (s, preset) for role, s in roles.items()}  # noqa: E731
+    if stage == "siglip":
+        return Recipe(stage, preset, siglip_b16(),
+                      SigLIPData(num_scenes=tier.scenes_224, batch_size=tier.siglip_batch),
+                      _train(tier, stage, lr=5e-4, warmup_steps=300, weight_decay=1e-4))
+    if stage == "ul2":
+        return Recipe(stage, preset, t5_base(),
+                      UL2DataSettings(train_scenes=20_000, val_scenes=500, chunk_len=128,
+                                      batch_size=tier.ul2_batch),
+                      _train(tier, stage, lr=1e-3, warmup_steps=300, weight_decay=0.01))
+    # PaLI-3: boxes at 64 levels per coordinate (3.5 px at 224 px; raise data.mix.loc_levels for finer)
+    if stage == "pali3-stage1":
+        batch, accum = tier.stage1_batch
+        mix = MultimodalSettings(num_scenes=tier.scenes_224, batch_size=batch, loc_levels=64)
+        return Recipe(stage, preset, pali3_base(224), PaLI3Data(mix, StageSettings()),
+                      _train(tier, stage, lr=1e-3, warmup_steps=200, weight_decay=0.01, grad_accum=accum),
+                      up(vision="siglip", text="ul2"))
+    if stage == "pali3-stage2":
+        batch, accum = tier.stage2_batch
+        mix = MultimodalSettings(num_scenes=tier.scenes_448, batch_size=batch, loc_levels=64)
+        settings = StageSettings(freeze_vision=False, vision_lr_scale=0.3, ordinal_loc_init=False,
+                                 image_size=448)
+        return Recipe(stage, preset, pali3_base(448), PaLI3Data(mix, settings),
+                      _train(tier, stage, lr=2e-4, warmup_steps=50, weight_decay=0.01, grad_accum=accum),
+                      up(previous="pali3-stage1"))
+    if stage == "pali3-transfer":
+        batch, accum = tier.transfer_batch
+        mix = MultimodalSettings(num_scenes=tier.scenes_448, batch_size=batch, loc_levels=64,
+                                 task_weights={"refer": 1.0})
+        settings = StageSettings(freeze_vision=True, ordinal_loc_init=False)
+        return Recipe(stage, preset, pali3_base(448), PaLI3Data(mix, settings),
+                      _train(tier, stage, lr=2e-4, warmup_steps=50, weight_decay=0.01, grad_accum=accum),
+                      up(previous="pali3-stage2"))
+    raise ValueError(f"Unknown stage {stage!r}; stages: {', '.join(STAGE_ORDER)}")
+
+
+def scale_recipe(stage: str, preset: str) -> Recipe:
+    """The recipe of one of :data:`SCALE_PRESETS` for ``stage`` (also reachable through
+    ``get_recipe(stage, preset)`` once this module is imported)."""
+    if preset == "smoke":
+        return _smoke(stage)
+    if preset not in TIERS:
+        raise ValueError(f"Unknown scale preset {preset!r}; presets: {', '.join(SCALE_PRESETS)}")
+    return _gpu(preset, stage)
+
+
+def register() -> None:
+    """Add the presets to every stage (idempotent; importing this module calls it)."""
+    for stage in STAGE_ORDER:
+        presets = get_stage(stage).presets
+        for preset in SCALE_PRESETS:
+            presets.setdefault(preset, scale_recipe(stage, preset))
+
+
+register()
+
+# the stage modules are imported above so that their stages exist before presets are added
+_ = (pali3_stages, siglip_stage, ul2_stage)
+
+__all__ = ["SCALE_PRESETS", "STAGE_ORDER", "TIERS", "Tier", "pali3_base", "register", "scale_recipe",
+           "siglip_b16", "t5_base"]

@@ -156,3 +156,26 @@ def test_bench_measures_less_memory_for_the_chunked_loss():
     (row,) = compare([512], dim=8, chunks=8, timing=False)
     assert row["full_mib"] > 512 * 512 * 4 / 2**20  # at least the (B, B) float32 logits
     assert row["memory_ratio"] > 3
+
+
+def test_profiling_helpers_measure_and_reject_bad_arguments():
+    from pali3_edu.profiling import MemoryTrace, forward_backward, memory_trace, peak_memory, time_call
+
+    x = torch.randn(64, 8, requires_grad=True)
+    y = torch.randn(64, 8, requires_grad=True)
+    step = forward_backward(lambda a, b: (a @ b.T).square().sum(), x, y)
+    step()
+    first = x.grad.clone()
+    step()
+    torch.testing.assert_close(x.grad, first)  # gradients are reset, not accumulated
+    calls = []
+    seconds = time_call(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(calls) == 5 and seconds >= 0.0
+    trace = memory_trace(step)
+    assert isinstance(trace, MemoryTrace) and len(trace.times_us) == len(trace.allocated_bytes)
+    assert trace.peak_bytes >= 64 * 64 * 4  # the (64, 64) float32 product
+    assert peak_memory(step) >= 64 * 64 * 4  # on CPU: the peak of the same trace
+    with pytest.raises(ValueError, match="repeats"):
+        time_call(lambda: None, repeats=0)
+    with pytest.raises(ValueError, match="cpu' or 'cuda"):
+        peak_memory(lambda: None, device="meta")

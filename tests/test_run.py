@@ -1,0 +1,224 @@
+"""``python -m pali3_edu.train`` (``pali3_edu.run.main``): every stage at the smoke preset, chained
+and cached; overrides reaching the recipe; clear errors; two torchrun processes equal one.
+
+All runs share one private data folder (``PALI3_EDU_DATA``) for the module: the smoke chain is
+trained once (seconds) and the later tests start from its cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pali3_edu.recipes.base import get_recipe
+from pali3_edu.recipes.scale import STAGE_ORDER
+from pali3_edu.run import build_parser, main, parse_settings, parse_value, resolve_recipes, stage_overrides
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PALI3_EDU_DATA", str(folder))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield folder
+        torch.set_num_threads(threads)
+
+
+def _main(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def smoke_chain(data):
+    """``--recipe all --preset smoke`` once: its exit code and output."""
+    return _main("--recipe", "all", "--preset", "smoke", "--quiet")
+
+
+def _rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def _summary_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("[")]
+
+
+def test_all_stages_train_chain_and_load_from_the_cache(data, smoke_chain):
+    code, out, _ = smoke_chain
+    assert code == 0, out
+    lines = _summary_lines(out)
+    assert [line.split("/")[0][1:] for line in lines] == list(STAGE_ORDER)
+    assert all("] trained: " in line and "final loss" in line for line in lines), lines
+    fingerprints = {}
+    for stage, line in zip(STAGE_ORDER, lines):
+        folder = data / "runs" / f"{stage}-smoke"
+        recipe = get_recipe(stage, "smoke")
+        assert (folder / "checkpoint").is_dir() and str(folder) in line
+        resolved = json.loads((folder / "resolved_recipe.json").read_text())
+        assert resolved["fingerprint"] == recipe.fingerprint()
+        assert resolved["recipe"]["train"]["steps"] == recipe.train.steps
+        assert resolved["run"]["processes"] == 1 and resolved["run"]["loaded_from_cache"] is False
+        rows = _rows(folder)
+        assert [r["step"] for r in rows] == list(range(recipe.train.steps))  # log_every=1
+        assert f"final loss {rows[-1]['loss']:.4f}" in line
+        fingerprints[stage] = resolved["fingerprint"]
+        for role, up in resolved["upstream"].items():  # each stage started from the one before
+            assert up["fingerprint"] == fingerprints[up["stage"]], (stage, role)
+    assert json.loads((data / "runs" / "pali3-stage1-smoke" / "resolved_recipe.json").read_text()
+                      )["upstream"].keys() == {"vision", "text"}
+
+    before = {stage: (data / "runs" / f"{stage}-smoke" / "metrics.jsonl").read_text() for stage in STAGE_ORDER}
+    code, out, _ = _main("--recipe", "all", "--preset", "smoke", "--quiet")
+    assert code == 0
+    lines = _summary_lines(out)
+    assert len(lines) == 5 and all("loaded from cache" in line for line in lines), out
+    for stage in STAGE_ORDER:
+        assert (data / "runs" / f"{stage}-smoke" / "metrics.jsonl").read_text() == before[stage]
+
+
+def test_overrides_reach_the_recipe_and_get_their_own_cache(data):
+    code, out, err = _main("--recipe", "ul2", "--preset", "smoke", "--steps", "3", "--batch-size", "4",
+                           "--lr", "0.002", "--set", "train.grad_accum=2", "--set", "data.chunk_len=16",
+                           "--set", "betas=[0.9, 0.95]", "--quiet")
+    assert code == 0, err
+    expected = get_recipe("ul2", "smoke", **{"train.steps": 3, "data.batch_size": 4, "train.lr": 0.002,
+                                              "train.grad_accum": 2, "data.chunk_len": 16,
+                                              "train.betas": (0.9, 0.95)})
+    folder = data / "runs" / f"ul2-smoke-{expected.fingerprint()[:8]}"
+    assert str(folder) in out
+    resolved = json.loads((folder / "resolved_recipe.json").read_text())
+    assert resolved["fingerprint"] == expected.fingerprint()
+    train = resolved["recipe"]["train"]
+    assert (train["steps"], train["lr"], train["grad_accum"], train["betas"]) == (3, 0.002, 2, [0.9, 0.95])
+    assert resolved["recipe"]["data"]["batch_size"] == 4 and resolved["recipe"]["data"]["chunk_len"] == 16
+    assert len(_rows(folder)) == 3
+
+
+def test_batch_size_finds_each_stage_setting_and_chains_follow_overrides():
+    args = build_parser().parse_args(["--recipe", "all", "--preset", "smoke", "--batch-size", "2",
+                                      "--set", "ul2:train.steps=3", "--set", "seed=4"])
+    settings = parse_settings(args.settings, STAGE_ORDER)
+    got = {stage: stage_overrides(stage, get_recipe(stage, "smoke"), args, settings, None) for stage in STAGE_ORDER}
+    assert got["siglip"] == {"data.batch_size": 2, "train.seed": 4}
+    assert got["ul2"] == {"data.batch_size": 2, "train.seed": 4, "train.steps": 3}
+    assert got["pali3-stage1"] == {"data.mix.batch_size": 2, "train.seed": 4}
+    recipes = resolve_recipes(STAGE_ORDER, "smoke", lambda stage, recipe: got[stage])
+    names = {r.stage: r.preset for r in recipes}
+    assert all(p.startswith("smoke-") for p in names.values())
+    stage1, stage2 = recipes[2], recipes[3]
+    assert stage1.upstream == {"vision": ("siglip", names["siglip"]), "text": ("ul2", names["ul2"])}
+    assert stage2.upstream == {"previous": ("pali3-stage1", names["pali3-stage1"])}
+    assert get_recipe("pali3-stage2", names["pali3-stage2"]).fingerprint() == stage2.fingerprint()
+    # only one stage changed: the later ones are renamed too (they start from it), earlier ones not
+    only_ul2 = resolve_recipes(STAGE_ORDER, "smoke", lambda s, r: {"train.steps": 3} if s == "ul2" else {})
+    assert [r.preset == "smoke" for r in only_ul2] == [True, False, False, False, False]
+
+
+def test_set_values_are_read_as_json_then_literals_then_text():
+    assert parse_value("3") == 3 and parse_value("1e-4") == 1e-4
+    assert parse_value("null") is None and parse_value("None") is None and parse_value("true") is True
+    assert parse_value('{"refer": 1}') == {"refer": 1} and parse_value("(0.9, 0.95)") == (0.9, 0.95)
+    assert parse_value("ddp") == "ddp"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--recipe", "nope", "--preset", "smoke"], "Unknown recipe 'nope'. Recipes: siglip, ul2, pali3-stage1"),
+    (["--recipe", "ul2", "--preset", "nope"], "Stage 'ul2' has no preset 'nope'. Presets: "),
+    (["--recipe", "all", "--preset", "nope"], "has no preset 'nope'"),
+    (["--recipe", "ul2", "--preset", "smoke", "--set", "train.nope=1"], "no setting 'nope'"),
+    (["--recipe", "ul2", "--preset", "smoke", "--set", "steps"], "write KEY=VALUE"),
+    (["--recipe", "ul2", "--preset", "smoke", "--set", "siglip:train.steps=2"], "not one of the stages"),
+    (["--recipe", "ul2", "--preset", "smoke", "--set", "nope=1"], "matches none"),
+    (["--recipe", "all", "--preset", "smoke", "--run-dir", "x"], "PALI3_EDU_DATA"),
+    (["--preset", "smoke"], "--recipe and --preset are required"),
+])
+def test_bad_command_lines_give_clear_errors(data, argv, message):
+    code, out, err = _main(*argv)
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err and not _summary_lines(out)
+
+
+def test_argparse_errors_and_list(data):
+    assert _main("--recipe", "ul2", "--preset", "smoke", "--steps", "0")[0] == 2
+    code, out, _ = _main("--list")
+    assert code == 0 and "smoke" in out and "h100" in out and "pali3-transfer" in out
+
+
+def test_run_dir_keeps_a_stage_elsewhere_and_refuses_foreign_folders(data, tmp_path):
+    code, out, err = _main("--recipe", "ul2", "--preset", "smoke", "--run-dir", str(tmp_path / "mine"), "--quiet")
+    assert code == 0, err
+    assert (tmp_path / "mine" / "checkpoint").is_dir() and (tmp_path / "mine" / "metrics.jsonl").exists()
+    code, out, _ = _main("--recipe", "ul2", "--preset", "smoke", "--run-dir", str(tmp_path / "mine"), "--quiet")
+    assert code == 0 and "loaded from cache" in out
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.txt").write_text("keep me")
+    code, _, err = _main("--recipe", "ul2", "--preset", "smoke", "--run-dir", str(tmp_path / "notes"))
+    assert code == 2 and "holds other files" in err
+    assert (tmp_path / "notes" / "thesis.txt").read_text() == "keep me"
+
+
+def test_retrain_trains_again(data, smoke_chain):
+    code, out, _ = _main("--recipe", "siglip", "--preset", "smoke", "--retrain", "--quiet")
+    assert code == 0 and "--retrain; training again" in out and "] trained: " in out
+
+
+# ---------------------------------------------------------------------------------------------
+# torchrun: two processes (gloo on CPU) train the same model as one
+# ---------------------------------------------------------------------------------------------
+
+
+def _torchrun(data: Path, *argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PALI3_EDU_DATA": str(data), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pali3_edu.train", *argv, "--device", "cpu", "--quiet"]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_torchrun_ddp_equals_one_process(data, smoke_chain, tmp_path):
+    """Transfer trains on referring expressions only: every answer is four <loc> tokens + EOS, so
+    each process's token-mean loss weighs its rows like the one-process mean does and the two
+    runs must agree (see test_torchrun_ul2 for losses where they do not)."""
+    args = ["--recipe", "pali3-transfer", "--preset", "smoke", "--steps", "4", "--set", "train.parallel=ddp"]
+    proc = _torchrun(data, *args, "--run-dir", str(tmp_path / "ddp"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("] trained: ") == 1  # only rank 0 prints
+    code, _, err = _main(*args, "--run-dir", str(tmp_path / "one"), "--device", "cpu", "--quiet")
+    assert code == 0, err
+    ddp, one = _rows(tmp_path / "ddp"), _rows(tmp_path / "one")
+    assert len(ddp) == len(one) == 4
+    assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in one], rel=1e-5)
+    assert ddp[-1]["loss"] != pytest.approx(ddp[0]["loss"], rel=1e-3)  # it trained
+    resolved = json.loads((tmp_path / "ddp" / "resolved_recipe.json").read_text())
+    assert resolved["run"]["processes"] == 2 and resolved["recipe"]["train"]["parallel"] == "ddp"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "train.py all-reduces the stacked logged values of each rank, and UL2's loss logs loss_R/X/S "
+    "only for the denoiser kinds present in that rank's rows: the ranks stack different numbers "
+    "of values and gloo aborts (a collective mismatch). Needs a fix in pali3_edu.train (reduce a "
+    "key set agreed by all ranks) or in the UL2 loss (always log every kind)."))
+def test_torchrun_ul2(data, smoke_chain, tmp_path):
+    args = ["--recipe", "ul2", "--preset", "smoke", "--set", "train.parallel=ddp"]
+    proc = _torchrun(data, *args, "--run-dir", str(tmp_path / "ddp"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, _, err = _main(*args, "--run-dir", str(tmp_path / "one"), "--device", "cpu", "--quiet")
+    assert code == 0, err
+    ddp, one = _rows(tmp_path / "ddp"), _rows(tmp_path / "one")
+    # UL2's loss is a mean over target tokens, whose count differs between rows: each process's
+    # mean weighs its tokens by its own count, so the two runs agree only approximately
+    assert ddp[-1]["loss"] == pytest.approx(one[-1]["loss"], rel=0.05)

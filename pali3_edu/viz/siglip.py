@@ -1,11 +1,10 @@
 """Pictures for the SigLIP lesson: training curves, the image–text similarity matrix, retrieval
-results (static and as an ipywidgets browser) and the sigmoid-vs-softmax batch-size sweep.
+results (static and as an ipywidgets browser).
 
     >>> plot_training(history)                           # loss, temperature t and bias b
     >>> plot_similarity_matrix(sim[:8, :8], images[:8], captions[:8])
     >>> show_retrieval(sim, images, captions, query=3, direction="image→text")
     >>> retrieval_browser(sim, images, captions)         # pick a query, see the top k
-    >>> plot_batch_sweep(rows)                            # R@1 against batch size, one line per loss
 """
 
 from __future__ import annotations
@@ -150,11 +149,17 @@ def retrieval_browser(
 ):
     """An ipywidgets explorer: choose image→text or text→image and a query, see the top ``k``.
 
-    Arguments as in :func:`show_retrieval`. Returns the widget (display it as a cell's last line).
+    Arguments as in :func:`show_retrieval`. The first state (image→text, query 0) is first
+    displayed as a static figure, so something remains in a notebook viewer that does not run
+    widgets. Returns the widget (display it as a cell's last line).
     """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
+
+    fig = show_retrieval(similarity, images, captions, 0, "image→text", k, relevant)
+    display(fig)
+    plt.close(fig)
 
     n = similarity.shape[0]
     direction = widgets.ToggleButtons(options=["image→text", "text→image"], description="direction")
@@ -175,25 +180,3 @@ def retrieval_browser(
         w.observe(redraw, names="value")
     redraw()
     return widgets.VBox([direction, widgets.HBox([query, topk]), label, out])
-
-
-def plot_batch_sweep(rows: Sequence[dict], metric: str = "i2t_r@1", chance: float | None = None):
-    """One line per loss: ``metric`` (held-out recall) against the batch size (log scale)."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    for loss, style in (("sigmoid", "o-"), ("softmax", "s--")):
-        sel = sorted((r for r in rows if r["loss"] == loss), key=lambda r: r["batch_size"])
-        if sel:
-            ax.plot([r["batch_size"] for r in sel], [r[metric] for r in sel], style, label=loss)
-    if chance is not None:
-        ax.axhline(chance, color="gray", lw=0.8, ls=":", label="chance")
-    ax.set_xscale("log", base=2)
-    sizes = sorted({r["batch_size"] for r in rows})
-    ax.set_xticks(sizes)
-    ax.set_xticklabels([str(s) for s in sizes])
-    ax.set(xlabel="batch size", ylabel=f"held-out {metric}", title="sigmoid vs softmax loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig

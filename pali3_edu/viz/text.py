@@ -1,7 +1,8 @@
 """Seeing the UL2 denoisers: coloured inputs/targets, span-length histograms, an explorer widget.
 
 - :func:`corruption_html` renders one corruption (original, inputs, targets) as HTML, each noise
-  span and its sentinel in the same colour;
+  span and its sentinel in the same colour; :func:`plot_corruption` draws the same rows
+  (:func:`corruption_rows`) with matplotlib;
 - :func:`denoiser_explorer` wraps it in ipywidgets (denoiser, mean span, density, seed);
 - :func:`plot_span_length_histograms` shows how span lengths are spread for each denoiser.
 """
@@ -41,6 +42,64 @@ def _box(text: str, colour: str | None, bold: bool = False) -> str:
     return f'<span style="{style}">{html.escape(text)}</span>'
 
 
+# One token as drawn: (text, background colour or None, bold)
+Piece = tuple[str, "str | None", bool]
+
+
+def corruption_rows(
+    tokens: torch.Tensor,
+    mask: torch.Tensor | None,
+    tokenizer,
+    mode_token: str = "",
+    split: int | None = None,
+) -> tuple[str, list[tuple[str, list[Piece]]]]:
+    """``(summary, rows)`` for one example: the rows ``original``, ``inputs`` and ``targets``,
+    each a list of ``(token text, colour, bold)``; each noise span and its sentinel share a
+    colour. Arguments as in :func:`corruption_html`."""
+    tokens = torch.as_tensor(tokens)
+    rows: list[tuple[str, list[Piece]]] = []
+    if mask is not None:
+        mask = mask.bool()
+        prev = torch.cat([mask.new_zeros(1), mask[:-1]])
+        span_of = (mask & ~prev).cumsum(0) - 1
+        colour = [PALETTE[int(s) % len(PALETTE)] if m else None for s, m in zip(span_of, mask)]
+        rows.append(("original", [(_piece(tokenizer, t), c, False) for t, c in zip(tokens, colour)]))
+        inputs, targets = apply_noise_mask(tokens, mask, tokenizer.sentinel_id)
+        sentinel_colour = {tokenizer.sentinel_id(i): PALETTE[i % len(PALETTE)]
+                           for i in range(int((mask & ~prev).sum()))}
+
+        def render(ids: torch.Tensor, in_targets: bool) -> list[Piece]:
+            out: list[Piece] = []
+            current = None
+            for t in ids.tolist():
+                if t in sentinel_colour:
+                    current = sentinel_colour[t]
+                    out.append((_piece(tokenizer, t), current, True))
+                else:
+                    out.append((_piece(tokenizer, t), current if in_targets else None, False))
+            return out
+
+        inputs_pieces, targets_pieces = render(inputs, False), render(targets, True)
+        n_noise, n_spans = int(mask.sum()), int((mask & ~prev).sum())
+        summary = (f"{len(tokens)} tokens → {n_noise} noise tokens "
+                   f"({n_noise / len(tokens):.0%}) in {n_spans} spans "
+                   f"(mean {n_noise / max(n_spans, 1):.1f})")
+    else:
+        if split is None:
+            raise ValueError("Give a noise mask (span corruption) or a split point (prefix LM).")
+        rows.append(("original", [(_piece(tokenizer, t), None if k < split else PALETTE[2], False)
+                                  for k, t in enumerate(tokens)]))
+        inputs_pieces = [(_piece(tokenizer, t), None, False) for t in tokens[:split]]
+        targets_pieces = [(_piece(tokenizer, t), PALETTE[2], False) for t in tokens[split:]]
+        summary = f"{len(tokens)} tokens → prefix of {split}, the decoder writes the other " \
+                  f"{len(tokens) - split}"
+    mode: list[Piece] = [(mode_token, "#555", True)] if mode_token else []
+    eos: list[Piece] = [("</s>", "#999", False)]
+    rows.append(("inputs", mode + inputs_pieces + eos))
+    rows.append(("targets", targets_pieces + eos))
+    return summary, rows
+
+
 def corruption_html(
     tokens: torch.Tensor,
     mask: torch.Tensor | None,
@@ -53,77 +112,102 @@ def corruption_html(
     Give a noise ``mask`` ``(L,)`` for span corruption, or ``split`` (and ``mask=None``) for the
     S-denoiser's prefix/rest split. ``tokenizer`` needs ``id_to_token`` and ``sentinel_id``.
     """
-    tokens = torch.as_tensor(tokens)
-    rows: list[tuple[str, list[str]]] = []
-    if mask is not None:
-        mask = mask.bool()
-        prev = torch.cat([mask.new_zeros(1), mask[:-1]])
-        span_of = (mask & ~prev).cumsum(0) - 1
-        colour = [PALETTE[int(s) % len(PALETTE)] if m else None for s, m in zip(span_of, mask)]
-        rows.append(("original", [_box(_piece(tokenizer, t), c) for t, c in zip(tokens, colour)]))
-        inputs, targets = apply_noise_mask(tokens, mask, tokenizer.sentinel_id)
-        sentinel_colour = {tokenizer.sentinel_id(i): PALETTE[i % len(PALETTE)]
-                           for i in range(int((mask & ~prev).sum()))}
+    return _rows_html(*corruption_rows(tokens, mask, tokenizer, mode_token, split))
 
-        def render(ids: torch.Tensor, in_targets: bool) -> list[str]:
-            out, current = [], None
-            for t in ids.tolist():
-                if t in sentinel_colour:
-                    current = sentinel_colour[t]
-                    out.append(_box(_piece(tokenizer, t), current, bold=True))
-                else:
-                    out.append(_box(_piece(tokenizer, t), current if in_targets else None))
-            return out
 
-        inputs_boxes, targets_boxes = render(inputs, False), render(targets, True)
-        n_noise, n_spans = int(mask.sum()), int((mask & ~prev).sum())
-        summary = (f"{len(tokens)} tokens → {n_noise} noise tokens "
-                   f"({n_noise / len(tokens):.0%}) in {n_spans} spans "
-                   f"(mean {n_noise / max(n_spans, 1):.1f})")
-    else:
-        if split is None:
-            raise ValueError("Give a noise mask (span corruption) or a split point (prefix LM).")
-        rows.append(("original", [_box(_piece(tokenizer, t), None if k < split else PALETTE[2])
-                                  for k, t in enumerate(tokens)]))
-        inputs_boxes = [_box(_piece(tokenizer, t), None) for t in tokens[:split]]
-        targets_boxes = [_box(_piece(tokenizer, t), PALETTE[2]) for t in tokens[split:]]
-        summary = f"{len(tokens)} tokens → prefix of {split}, the decoder writes the other " \
-                  f"{len(tokens) - split}"
-    mode = [_box(mode_token, "#555", bold=True)] if mode_token else []
-    eos = [_box("</s>", "#999")]
-    rows.append(("inputs", mode + inputs_boxes + eos))
-    rows.append(("targets", targets_boxes + eos))
+def _rows_html(summary: str, rows: Sequence[tuple[str, Sequence[Piece]]]) -> str:
     body = "".join(
         f'<tr><td style="vertical-align:top;padding-right:8px;"><b>{name}</b></td>'
-        f'<td style="text-align:left;">{"".join(boxes)}</td></tr>' for name, boxes in rows
+        f'<td style="text-align:left;">{"".join(_box(*p) for p in pieces)}</td></tr>'
+        for name, pieces in rows
     )
     return (f'<div><div style="margin-bottom:4px;color:#444;">{html.escape(summary)}</div>'
             f"<table>{body}</table></div>")
+
+
+def plot_corruption(
+    summary: str,
+    rows: Sequence[tuple[str, Sequence[Piece]]],
+    title: str = "",
+    width: int = 100,
+):
+    """The rows of :func:`corruption_rows` drawn with matplotlib (a static picture for notebook
+    viewers that run neither widgets nor styled HTML): one coloured box per token, wrapped at
+    ``width`` characters. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    label_w = 10  # characters for the row labels
+    layout: list[tuple[float, float, Piece | str]] = []  # (x in characters, line, piece or label)
+    line = 0.0
+    for name, pieces in rows:
+        layout.append((0.0, line, name))
+        x = float(label_w)
+        for piece in pieces:
+            w = len(piece[0]) + 1.2
+            if x + w > width and x > label_w:
+                line, x = line + 1, float(label_w)
+            layout.append((x, line, piece))
+            x += w
+        line += 1.5  # half a blank line between rows
+    lines = line - 1.5 + 0.6  # the last line's centre, and room below it
+    char_in = 0.085  # inches per character of 9-pt monospace, with the box padding
+    fig = plt.figure(figsize=(width * char_in, 0.35 + 0.24 * lines + (0.3 if title else 0) + 0.25))
+    ax = fig.add_axes([0.0, 0.0, 1.0, 1.0])
+    ax.set_xlim(-0.5, width + 0.5)
+    top = 1.8 if title else 1.2
+    ax.set_ylim(lines + 0.2, -top)
+    ax.axis("off")
+    if title:
+        ax.text(0, -1.4, title, fontsize=10, fontweight="bold", va="center")
+    ax.text(0, -0.6, summary, fontsize=8.5, color="#444", va="center")
+    for x, ln, item in layout:
+        if isinstance(item, str):
+            ax.text(x, ln, item, fontsize=9, fontweight="bold", va="center", family="monospace")
+            continue
+        text, colour, bold = item
+        ax.text(x, ln, text, fontsize=9, va="center", family="monospace",
+                color="white" if colour else "black", fontweight="bold" if bold else "normal",
+                bbox={"boxstyle": "round,pad=0.25", "fc": colour or "#eeeeee",
+                      "ec": "#222222" if bold else "none", "lw": 1.2 if bold else 0})
+    return fig
+
+
+def denoise_rows(tokens: torch.Tensor, denoiser: Denoiser, tokenizer, seed: int = 0):
+    """:func:`corruption_rows` of one denoiser applied to ``tokens`` with a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    if denoiser.kind == "S":
+        prefix, _ = prefix_lm(tokens, g)
+        return corruption_rows(tokens, None, tokenizer, denoiser.mode_token, split=len(prefix))
+    mask = random_spans_noise_mask(len(tokens), denoiser.noise_density, denoiser.mean_span, g)
+    return corruption_rows(tokens, mask, tokenizer, denoiser.mode_token)
 
 
 def denoise_for_display(
     tokens: torch.Tensor, denoiser: Denoiser, tokenizer, seed: int = 0
 ) -> str:
     """HTML of one denoiser applied to ``tokens`` with a seeded generator."""
-    g = torch.Generator().manual_seed(seed)
-    if denoiser.kind == "S":
-        prefix, _ = prefix_lm(tokens, g)
-        return corruption_html(tokens, None, tokenizer, denoiser.mode_token, split=len(prefix))
-    mask = random_spans_noise_mask(len(tokens), denoiser.noise_density, denoiser.mean_span, g)
-    return corruption_html(tokens, mask, tokenizer, denoiser.mode_token)
+    return _rows_html(*denoise_rows(tokens, denoiser, tokenizer, seed))
 
 
 def denoiser_explorer(sentence: str, tokenizer, denoisers: Sequence[Denoiser] = UL2_DENOISERS):
     """An ipywidgets explorer: pick a denoiser (or "custom" with mean-span and density
     sliders) and a seed, and see the inputs and targets with each span coloured.
 
-    Returns the widget (display it, or let the notebook show it as the cell's value).
+    The first state (the first denoiser, seed 0) is first displayed as a static figure
+    (:func:`plot_corruption`), so something remains in a notebook viewer that does not run
+    widgets. Returns the widget (display it, or let the notebook show it as the cell's value).
     """
     import ipywidgets as w
+    import matplotlib.pyplot as plt
+    from IPython.display import display
 
     tokens = torch.tensor(tokenizer.encode(sentence, add_eos=False))
     if len(tokens) < 2:
         raise ValueError("Give a sentence of at least two tokens.")
+    fig = plot_corruption(*denoise_rows(tokens, denoisers[0], tokenizer, seed=0),
+                          title=f"{denoisers[0].name}, seed 0 (the explorer's first state)")
+    display(fig)
+    plt.close(fig)
     names = [d.name for d in denoisers] + ["custom"]
     choice = w.Dropdown(options=names, value=names[0], description="denoiser")
     mean_span = w.FloatSlider(value=3.0, min=1.0, max=64.0, step=1.0, description="mean span")

@@ -29,9 +29,9 @@ model writes, so a perfect answer has IoU exactly 1.
 :func:`blind_baselines` scores an image-blind guesser on the same examples: what can be got from
 the prompt and training-set statistics alone. A model is only "looking" where it beats it.
 
-    >>> report = evaluate(model, "val", n=200)
-    >>> print(report.table())
-    >>> report.predictions[0]   # {"task", "scene", "image", "prompt", "prediction", "target", ...}
+    report = evaluate(model, "val", n=200)
+    print(report.table())
+    report.predictions[0]   # {"task", "scene", "image", "prompt", "prediction", "target", ...}
 """
 
 from __future__ import annotations

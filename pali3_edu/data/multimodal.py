@@ -23,10 +23,10 @@ limits do not match the data. The constructor therefore scans every example each
 and raises a ``ValueError`` naming the longest offender and the limit it needs, before training
 starts rather than at step 3000.
 
-    >>> data = load_multimodal(tok, "train", 2000, image_size=64, task_weights=DEFAULT_TASK_WEIGHTS,
-    ...                        batch_size=64, max_prompt_len=24, max_answer_len=24)
-    >>> batch = data.get_batch(0)     # pixel_values, input_ids, attention_mask, labels, task
-    >>> data.examples(0)[:2]          # [{"scene": 17, "task": "vqa", "prefix": ..., "suffix": ...}, ...]
+    data = load_multimodal(tok, "train", 2000, image_size=64, task_weights=DEFAULT_TASK_WEIGHTS,
+                           batch_size=64, max_prompt_len=24, max_answer_len=24)
+    batch = data.get_batch(0)     # pixel_values, input_ids, attention_mask, labels, task
+    data.examples(0)[:2]          # [{"scene": 17, "task": "vqa", "prefix": ..., "suffix": ...}, ...]
 """
 
 from __future__ import annotations

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 from pali3_edu.config import get_config
 from pali3_edu.encdec import (
-    T5Attention,
     EncoderDecoder,
     KVCache,
     RMSNorm,
     Seq2SeqOutput,
+    T5Attention,
     causal_mask,
     relative_position_bucket,
     shift_right,

@@ -9,7 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pali3_edu.siglip import (
-    chunked_sigmoid_loss, sigmoid_loss, simulated_ring_sigmoid_loss, softmax_loss,
+    chunked_sigmoid_loss,
+    sigmoid_loss,
+    simulated_ring_sigmoid_loss,
+    softmax_loss,
 )
 
 

@@ -10,7 +10,14 @@ from einops import rearrange
 
 from pali3_edu.config import ViTConfig, get_config
 from pali3_edu.vit import (
-    MAPHead, ViT, ViTAttention, ViTBlock, ViTOutput, patchify, resize_posemb, sincos_2d_posemb,
+    MAPHead,
+    ViT,
+    ViTAttention,
+    ViTBlock,
+    ViTOutput,
+    patchify,
+    resize_posemb,
+    sincos_2d_posemb,
 )
 
 TINY = ViTConfig(image_size=32, patch_size=8, width=32, depth=2, mlp_dim=64, heads=4)

@@ -6,7 +6,7 @@ the same inputs and raises an ``AssertionError`` that says what differs and what
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -62,8 +62,8 @@ def draw_boxes(
         draw.rectangle([x0 * W, y0 * H, x1 * W - 1, y1 * H - 1], outline=color, width=width)
         if labels is not None and i < len(labels) and labels[i]:
             tx, ty = x0 * W + 2, max(0, y0 * H - font.size - 4)
-            l, t, r, b = draw.textbbox((tx, ty), labels[i], font=font)
-            draw.rectangle([l - 1, t - 1, r + 1, b + 1], fill="#000000")
+            left, top, right, bottom = draw.textbbox((tx, ty), labels[i], font=font)
+            draw.rectangle([left - 1, top - 1, right + 1, bottom + 1], fill="#000000")
             draw.text((tx, ty), labels[i], fill=color, font=font)
     return img
 

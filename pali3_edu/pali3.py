@@ -74,9 +74,9 @@ class PaLI3Output:
     patches + prompt)`` (1 for every image token and every real prompt token)."""
 
     logits: Tensor
-    loss: Tensor | None = None
     encoder_states: Tensor | None = None
     encoder_mask: Tensor | None = None
+    loss: Tensor | None = None
 
 
 def patch_tokens(vit: ViT, pixel_values: Tensor) -> Tensor:

@@ -257,6 +257,7 @@ def plot_span_length_histograms(
         ax.axvline(d.mean_span, color="k", ls="--", label=f"μ = {d.mean_span:g}")
         ax.set_title(f"{d.name}: {n_spans} spans, {n_noise} noise tokens", fontsize=9)
         ax.set_xlabel("span length")
+        ax.set_ylabel(f"spans ({samples} masks)")
         ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(ds):]:
         ax.axis("off")

@@ -391,7 +391,7 @@ def _named_presets(stage: str) -> list[str]:
 def list_presets() -> str:
     """A table of every stage and its presets (``--list``)."""
     lines = ["stage            presets"]
-    for stage in sorted({r.split(":")[0] for r in list_recipes()}, key=lambda s: (s not in STAGE_ORDER, s)):
+    for stage in sorted({r.split(":")[0] for r in list_recipes()}, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s)):
         lines.append(f"{stage:<16} {', '.join(_named_presets(stage))}")
     return "\n".join(lines)
 

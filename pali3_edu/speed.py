@@ -122,10 +122,17 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
+def _needs_grad(block: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Whether the backward pass goes through ``block`` (a frozen block whose input needs no
+    gradient, like stage 1's ViT, stores no activations: nothing to checkpoint)."""
+    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    return any(t.requires_grad for t in tensors) or any(p.requires_grad for p in block.parameters())
+
+
 def _checkpointed(block: nn.Module, forward: Any) -> Any:
     @functools.wraps(forward)
     def run(*args: Any, **kwargs: Any) -> Any:
-        if block.training and torch.is_grad_enabled():
+        if block.training and torch.is_grad_enabled() and _needs_grad(block, args, kwargs):
             # non-reentrant: works with keyword arguments, DDP and torch.compile; the random state
             # is saved and restored, so dropout masks are the same when the block is recomputed
             return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)

@@ -128,6 +128,13 @@ def test_batch_size_finds_each_stage_setting_and_chains_follow_overrides():
     assert [r.preset == "smoke" for r in only_ul2] == [True, False, False, False, False]
 
 
+def test_amp_flag_sets_the_recipe_precision():
+    recipe = get_recipe("ul2", "smoke")
+    for flag, expected in (("auto", "bf16"), ("fp16", "fp16"), ("none", None)):  # auto on a CPU: bf16
+        args = build_parser().parse_args(["--recipe", "ul2", "--preset", "smoke", "--amp", flag])
+        assert stage_overrides("ul2", recipe, args, {}, torch.device("cpu")) == {"train.amp_dtype": expected}
+
+
 def test_set_values_are_read_as_json_then_literals_then_text():
     assert parse_value("3") == 3 and parse_value("1e-4") == 1e-4
     assert parse_value("null") is None and parse_value("None") is None and parse_value("true") is True
@@ -174,6 +181,22 @@ def test_run_dir_keeps_a_stage_elsewhere_and_refuses_foreign_folders(data, tmp_p
 def test_retrain_trains_again(data, smoke_chain):
     code, out, _ = _main("--recipe", "siglip", "--preset", "smoke", "--retrain", "--quiet")
     assert code == 0 and "--retrain; training again" in out and "] trained: " in out
+
+
+def test_speed_flags_train_the_same_recipe_to_the_same_losses(data, smoke_chain, tmp_path):
+    """Compiled blocks (aot_eager: no code generation on CPU), activation checkpointing and length
+    buckets on stage 1 (ViT frozen): the same recipe, the same losses as the plain chain's run."""
+    code, out, err = _main("--recipe", "pali3-stage1", "--preset", "smoke", "--run-dir", str(tmp_path / "fast"),
+                           "--compile", "--compile-backend", "aot_eager", "--checkpointing", "--bucket", "16",
+                           "--quiet")
+    assert code == 0, err
+    assert "speed paths: compile=blocks/aot_eager, checkpointing, bucket=16" in out
+    plain_folder = data / "runs" / "pali3-stage1-smoke"
+    fast, plain = _rows(tmp_path / "fast"), _rows(plain_folder)
+    assert [r["loss"] for r in fast] == pytest.approx([r["loss"] for r in plain], rel=1e-5)
+    resolved = json.loads((tmp_path / "fast" / "resolved_recipe.json").read_text())
+    assert resolved["fingerprint"] == json.loads((plain_folder / "resolved_recipe.json").read_text())["fingerprint"]
+    assert resolved["run"]["speed"]["bucket"] == 16
 
 
 # ---------------------------------------------------------------------------------------------

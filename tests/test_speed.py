@@ -258,6 +258,36 @@ def test_compiled_blocks_with_checkpointing_give_the_plain_loss():
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_frozen_blocks_are_not_checkpointed_and_compile_with_checkpointing():
+    """Stage 1 freezes the ViT: its blocks need no backward, so they run plain (checkpointing a
+    region that needs no gradient made the compiled graph fail); the trained blocks still are."""
+    _need_compile()
+    torch._dynamo.reset()
+    batch = _batch()
+    plain, fast = _model(depth=1), _model(depth=1)
+    for m in (plain, fast):
+        m.vit.requires_grad_(False)
+    SpeedSettings(compile="blocks", compile_backend="aot_eager", checkpointing=True).prepare_model(fast)
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def spy(fn, *args, **kwargs):
+        calls.append(fn)
+        return original(fn, *args, **kwargs)
+
+    torch.utils.checkpoint.checkpoint = spy
+    try:
+        loss_b, grads_b = _loss_and_grads(fast, batch)
+    finally:
+        torch.utils.checkpoint.checkpoint = original
+    loss_a, grads_a = _loss_and_grads(plain, batch)
+    torch.testing.assert_close(loss_a, loss_b, **TOL)
+    assert grads_a.keys() == grads_b.keys() and not any(n.startswith("vit.") for n in grads_a)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert len(calls) == 2  # the encoder and decoder layer, not the frozen ViT block
+
+
 def test_compiled_model_gives_the_plain_loss():
     _need_compile()
     torch._dynamo.reset()

@@ -135,6 +135,52 @@ def test_amp_flag_sets_the_recipe_precision():
         assert stage_overrides("ul2", recipe, args, {}, torch.device("cpu")) == {"train.amp_dtype": expected}
 
 
+# ---------------------------------------------------------------------------------------------
+# the presets (pali3_edu.recipes.scale)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["colab-t4", "l4-a100", "h100"])
+def test_gpu_presets_chain_one_real_size(preset):
+    import dataclasses
+
+    from pali3_edu.config import get_config
+    from pali3_edu.recipes import scale
+
+    r = {stage: get_recipe(stage, preset) for stage in STAGE_ORDER}
+    vit_b16, t5_base = get_config("vit", "B/16"), get_config("encdec", "t5-v1_1-base")
+    assert r["siglip"].model.vision == vit_b16 and vit_b16.image_size == 224
+    for field in ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads"):
+        assert getattr(r["ul2"].model, field) == getattr(t5_base, field)
+    # stage 1 loads SigLIP's ViT (without its head) and UL2's encoder-decoder: the shapes must match
+    stage1 = r["pali3-stage1"]
+    assert stage1.model.vision == dataclasses.replace(r["siglip"].model.vision, pool="none")
+    assert stage1.model.text == r["ul2"].model
+    assert stage1.upstream == {"vision": ("siglip", preset), "text": ("ul2", preset)}
+    assert r["pali3-stage2"].upstream == {"previous": ("pali3-stage1", preset)}
+    assert r["pali3-transfer"].upstream == {"previous": ("pali3-stage2", preset)}
+    for stage in ("pali3-stage2", "pali3-transfer"):  # 448 px: 784 visual tokens + the prompt fit
+        cfg = r[stage].model
+        assert cfg.vision.image_size == 448 and cfg.vision.num_patches + cfg.max_prompt_len <= cfg.text.max_input_length
+    amp = {"colab-t4": "fp16", "l4-a100": "bf16", "h100": "bf16"}[preset]
+    assert {x.train.amp_dtype for x in r.values()} == {amp}
+    assert scale.TIERS[preset].amp == amp
+    assert r["pali3-stage1"].data.stage.freeze_vision and not r["pali3-stage2"].data.stage.freeze_vision
+
+
+def test_smoke_presets_are_the_micro_sizes_chained():
+    from pali3_edu.recipes import scale
+
+    for stage in STAGE_ORDER:
+        smoke, micro = get_recipe(stage, "smoke"), get_recipe(stage, "micro")
+        assert smoke.model == micro.model and smoke.data == micro.data
+        assert smoke.train.steps <= 8 and smoke.train.log_every == 1
+        assert all(p == "smoke" for _, p in smoke.upstream.values())
+    before = {stage: get_recipe(stage, "h100").fingerprint() for stage in ("siglip", "pali3-stage2")}
+    scale.register()  # idempotent
+    assert before == {stage: get_recipe(stage, "h100").fingerprint() for stage in before}
+
+
 def test_set_values_are_read_as_json_then_literals_then_text():
     assert parse_value("3") == 3 and parse_value("1e-4") == 1e-4
     assert parse_value("null") is None and parse_value("None") is None and parse_value("true") is True

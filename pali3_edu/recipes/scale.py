@@ -51,13 +51,8 @@ from typing import Any
 
 from pali3_edu.config import SigLIPConfig, TextConfig, get_config
 from pali3_edu.pali3 import PaLI3Config
-from pali3_edu.recipes import pali3 as pali3_stages
-from pali3_edu.recipes import siglip as siglip_stage
-from pali3_edu.recipes import ul2 as ul2_stage
-from pali3_edu.recipes.base import Recipe, get_stage
-from pali3_edu.recipes.pali3 import MultimodalSettings, PaLI3Data, StageSettings
-from pali3_edu.recipes.siglip import SigLIPData
-from pali3_edu.recipes.ul2 import UL2DataSettings
+from pali3_edu.recipes import base
+from pali3_edu.recipes.base import Recipe
 from pali3_edu.train import TrainConfig
 
 #: The stages in training order; each starts from the ones before it (``recipe.upstream``).
@@ -72,7 +67,7 @@ _SMOKE_STEPS = {"siglip": 6, "ul2": 8, "pali3-stage1": 4, "pali3-stage2": 2, "pa
 
 
 def _smoke(stage: str) -> Recipe:
-    micro = get_stage(stage).presets["micro"]
+    micro = base._STAGES[stage].presets["micro"]
     upstream = {role: (s, "smoke") for role, (s, _) in micro.upstream.items()}
     train = dataclasses.replace(micro.train, steps=_SMOKE_STEPS[stage],
                                 warmup_steps=min(micro.train.warmup_steps, max(1, _SMOKE_STEPS[stage] // 2)), log_every=1,
@@ -153,6 +148,12 @@ def _train(tier: Tier, stage: str, **kwargs: Any) -> TrainConfig:
 
 
 def _gpu(preset: str, stage: str) -> Recipe:
+    # the stages' settings classes, imported here: this module may be imported while a stage
+    # module is still being imported (base._load_stage_modules)
+    from pali3_edu.recipes.pali3 import MultimodalSettings, PaLI3Data, StageSettings
+    from pali3_edu.recipes.siglip import SigLIPData
+    from pali3_edu.recipes.ul2 import UL2DataSettings
+
     tier = TIERS[preset]
     up = lambda **roles: {role: (s, preset) for role, s in roles.items()}  # noqa: E731
     if stage == "siglip":
@@ -200,18 +201,31 @@ def scale_recipe(stage: str, preset: str) -> Recipe:
     return _gpu(preset, stage)
 
 
+_REGISTERING = False
+
+
 def register() -> None:
-    """Add the presets to every stage (idempotent; importing this module calls it)."""
-    for stage in STAGE_ORDER:
-        presets = get_stage(stage).presets
-        for preset in SCALE_PRESETS:
-            presets.setdefault(preset, scale_recipe(stage, preset))
+    """Add the presets to every registered stage. Idempotent, and stages that are not registered
+    yet are skipped, so ``base._load_stage_modules`` may call it each time (after importing the
+    stage modules); importing this module calls it once."""
+    global _REGISTERING
+    if _REGISTERING:  # building a recipe looks stages up, which may call register() again
+        return
+    _REGISTERING = True
+    try:
+        for stage in STAGE_ORDER:
+            spec = base._STAGES.get(stage)
+            if spec is None:
+                continue
+            for preset in SCALE_PRESETS:
+                if preset not in spec.presets:
+                    spec.presets[preset] = scale_recipe(stage, preset)
+    finally:
+        _REGISTERING = False
 
 
+base._load_stage_modules()  # the stages first (when base does not import this module itself)
 register()
-
-# the stage modules are imported above so that their stages exist before presets are added
-_ = (pali3_stages, siglip_stage, ul2_stage)
 
 __all__ = ["SCALE_PRESETS", "STAGE_ORDER", "TIERS", "Tier", "pali3_base", "register", "scale_recipe",
            "siglip_b16", "t5_base"]

@@ -20,7 +20,9 @@ setting                  what it does, and what it costs
                          few shapes occur. Padding is masked (``attention_mask`` 0) and never scored
                          (labels ``-100``), so the loss is the same.
 ``fused_adamw``          AdamW's update of all parameters in one fused kernel
-                         (``torch.optim.AdamW(fused=True)``); chosen on CUDA by :func:`pick_fused_adamw`.
+                         (``torch.optim.AdamW(fused=True)``); chosen on CUDA by :func:`pick_fused_adamw`,
+                         passed on by :func:`adamw_kwargs`. The benchmark uses it; the training
+                         loop's ``make_optimizer`` does not take optimizer options yet.
 ``amp``                  :func:`pick_amp_dtype` picks the mixed-precision type a device supports:
                          bf16 on Ampere and newer (and CPUs), fp16 with loss scaling on older GPUs
                          such as the T4.

@@ -457,3 +457,24 @@ def test_offline_hub_name_is_a_clear_error(tmp_path, monkeypatch, variable) -> N
         assert "No internet" in message and f"huggingface-cli download {name}" in message
         assert "HF_HUB_OFFLINE" in message and "pass" in message and "./no-such-model" in message
         assert isinstance(e.value, OSError)
+
+
+def test_stage1_recipe_from_public_checkpoints_trains(ckpt, tmp_path, monkeypatch) -> None:
+    """The PaLI-3 stage-1 recipe started from (local copies of) public checkpoints: sizes from
+    their configs, T5's vocabulary plus the course tokens, trained and cached like any stage."""
+    from PIL import Image
+
+    from pali3_edu.recipes import load_or_train
+    from pali3_edu.recipes.pali3 import pretrained_recipe
+
+    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path))
+    recipe = pretrained_recipe(str(ckpt["root"] / "siglip-vision"), str(ckpt["root"] / "t5"), "micro",
+                               max_prompt_len=96, max_answer_len=160, steps=2, warmup_steps=1, **{"data.mix.num_scenes": 16, "data.mix.batch_size": 4})
+    assert recipe.upstream == {} and recipe.model.vision.image_size == VISION["image_size"]
+    run = load_or_train(recipe, progress=False, device="cpu")
+    assert isinstance(run.tokenizer, T5CourseTokenizer)
+    assert run.model.encdec.cfg.vocab_size == run.tokenizer.padded_vocab_size
+    assert not run.loaded and len(run.history.losses) >= 1
+    run.model.tokenizer = run.tokenizer
+    assert len(run.model.predict([Image.new("RGB", (40, 40))], "caption en", max_new_tokens=3)) == 1
+    assert load_or_train(recipe, progress=False, device="cpu").loaded

@@ -108,10 +108,11 @@ class Recipe:
         from pali3_edu.data.shapesworld import shapesworld_fingerprint
 
         spec = get_stage(self.stage)
+        tok = spec.tokenizer(self).fingerprint if spec.tokenizer is not None else tokenizer_fingerprint()
         out: dict[str, Any] = {
             "shapesworld": shapesworld_fingerprint(),
             "stage_code": spec.version,
-            "tokenizer": tokenizer_fingerprint(),
+            "tokenizer": tok,
         }
         for role, (stage, preset) in sorted(self.upstream.items()):
             out[f"upstream.{role}"] = get_recipe(stage, preset).fingerprint()
@@ -201,6 +202,8 @@ class Stage:
     - ``param_groups(model, recipe)`` → what to train (``None``: every parameter that requires
       grad); stages that freeze a tower or use per-tower learning rates say it here;
     - ``init(model, recipe)`` → load upstream weights into a fresh model (optional);
+    - ``tokenizer(recipe)`` → the tokenizer (default: the course tokenizer; a stage that starts
+      from a public T5 checkpoint uses that checkpoint's vocabulary plus the course's tokens);
     - ``version``: bump when the stage's code changes its results (part of the fingerprint).
     """
 
@@ -211,6 +214,7 @@ class Stage:
     loss_fn: Callable[[Recipe], LossFn]
     param_groups: Callable[[nn.Module, Recipe], Any] | None = None
     init: Callable[..., None] | None = None  # init(model, recipe, progress=...)
+    tokenizer: Callable[[Recipe], Any] | None = None
     version: str = "1"
 
 
@@ -326,7 +330,7 @@ def load_or_train(
     if cache_name is None and overrides:
         cache_name = f"{recipe.stage}-{recipe.preset}-{recipe.fingerprint()[:8]}"
     spec = get_stage(recipe.stage)
-    tokenizer = course_tokenizer()
+    tokenizer = spec.tokenizer(recipe) if spec.tokenizer is not None else course_tokenizer()
     path = checkpoint_dir(recipe, cache_name)
     if retrain and path.parent.exists():
         shutil.rmtree(path.parent)

@@ -76,6 +76,10 @@ class StageSettings:
     vision_lr_scale: float = 1.0  # when the ViT trains: its learning rate relative to the rest
     ordinal_loc_init: bool = True
     image_size: int | None = None  # stage 2: the new resolution
+    # Start stage 1 from public checkpoints instead of the course's stage-0 runs: a local folder
+    # or a Hub name (see pretrained_recipe and pali3_edu.convert.pretrained).
+    vision_pretrained: str | None = None
+    text_pretrained: str | None = None
 
 
 @dataclass
@@ -196,6 +200,17 @@ def init(model: PaLI3, recipe: Recipe, *, progress: bool = True) -> None:
     """Load the upstream weights into a fresh model: SigLIP's ViT and UL2's encoder-decoder
     (stage 1), or the previous stage's whole model at a new resolution (stage 2, transfer)."""
     d: PaLI3Data = recipe.data
+    if d.stage.vision_pretrained or d.stage.text_pretrained:
+        from pali3_edu.convert.pretrained import init_pali3_from_pretrained
+
+        if not (d.stage.vision_pretrained and d.stage.text_pretrained):
+            raise ValueError("Pass both vision_pretrained and text_pretrained (a public SigLIP and a T5/UL2), "
+                             "e.g. with pali3_edu.recipes.pali3.pretrained_recipe(siglip, t5).")
+        init_pali3_from_pretrained(model, siglip=d.stage.vision_pretrained, t5=d.stage.text_pretrained,
+                                   tokenizer=model.tokenizer, seed=recipe.train.seed)
+        if d.stage.ordinal_loc_init:
+            init_loc_embeddings(model, model.tokenizer, recipe.train.seed)
+        return
     if "previous" in recipe.upstream:
         stage, preset = recipe.upstream["previous"]
         prev = load_or_train(stage, preset, progress=progress, device="cpu").model
@@ -212,6 +227,51 @@ def init(model: PaLI3, recipe: Recipe, *, progress: bool = True) -> None:
         model.encdec.load_state_dict(load_or_train(stage, preset, progress=progress, device="cpu").model.state_dict())
     if d.stage.ordinal_loc_init:
         init_loc_embeddings(model, model.tokenizer, recipe.train.seed)
+
+
+def stage_tokenizer(recipe: Recipe) -> Any:
+    """The course tokenizer, or — when stage 1 starts from a public T5/UL2 checkpoint — that
+    checkpoint's SentencePiece vocabulary with the course's ``<loc>``/``<seg>``/mode tokens added
+    after it (:func:`pali3_edu.convert.t5_tokenizer.load_t5_tokenizer`). Later stages use the
+    tokenizer of the stage they start from."""
+    from pali3_edu.tokenizer import course_tokenizer
+
+    seen = set()
+    r = recipe
+    while "previous" in r.upstream and r.stage not in seen:
+        seen.add(r.stage)
+        r = _get_recipe(*r.upstream["previous"])
+    t5 = r.data.stage.text_pretrained
+    if t5:
+        from pali3_edu.convert.t5_tokenizer import load_t5_tokenizer
+
+        return load_t5_tokenizer(t5)
+    return course_tokenizer()
+
+
+def pretrained_recipe(siglip: str, t5: str, preset: str = "tiny-cpu", *, max_prompt_len: int | None = None,
+                      max_answer_len: int | None = None, **overrides: Any) -> Recipe:
+    """A stage-1 recipe that starts from public checkpoints (a SigLIP and a T5 / Flan-T5 / UL2,
+    each a local folder or a Hub name): the model's sizes are read from their configs, the
+    tokenizer is T5's plus the course's tokens, and the course's stage-0 runs are not needed.
+    T5's vocabulary splits the course's words differently: raise ``max_prompt_len`` /
+    ``max_answer_len`` if the data check says a text is too long.
+
+        recipe = pretrained_recipe("google/siglip-base-patch16-224", "google/flan-t5-base", "h100")
+        run = load_or_train(recipe)
+    """
+    from pali3_edu.convert.pretrained import pali3_config_from_pretrained
+    from pali3_edu.convert.t5_tokenizer import load_t5_tokenizer
+
+    base = _get_recipe("pali3-stage1", preset)
+    model = pali3_config_from_pretrained(siglip, t5, tokenizer=load_t5_tokenizer(t5),
+                                         max_prompt_len=max_prompt_len or base.model.max_prompt_len,
+                                         max_answer_len=max_answer_len or base.model.max_answer_len,
+                                         visual_posemb=base.model.visual_posemb)
+    stage = dataclasses.replace(base.data.stage, vision_pretrained=str(siglip), text_pretrained=str(t5))
+    recipe = dataclasses.replace(base, model=model, upstream={},
+                                 data=dataclasses.replace(base.data, stage=stage))
+    return recipe.replace(**overrides) if overrides else recipe
 
 
 def param_groups(model: PaLI3, recipe: Recipe) -> list[ParamGroup]:
@@ -277,7 +337,7 @@ def loss_fn(recipe: Recipe):
 for _name in ("pali3-stage1", "pali3-stage2", "pali3-transfer"):
     register_stage(Stage(
         name=_name, presets=_presets(_name), build_model=build_model, build_data=build_data,
-        loss_fn=loss_fn, param_groups=param_groups, init=init,
+        loss_fn=loss_fn, param_groups=param_groups, init=init, tokenizer=stage_tokenizer,
     ))
 
 STAGES = ("pali3-stage1", "pali3-stage2", "pali3-transfer")
@@ -303,5 +363,5 @@ def load_or_train_pali3(stage: str = "stage1", preset: str = "tiny-cpu", **kwarg
 __all__ = [
     "DEFAULT_TASK_WEIGHTS", "IGNORE_INDEX", "MultimodalSettings", "PaLI3Data", "STAGES", "StageSettings",
     "build_data", "build_model", "get_recipe", "init", "init_loc_embeddings", "load_or_train_pali3",
-    "ordinal_codes", "param_groups", "quantize_box", "quantize_records",
+    "ordinal_codes", "param_groups", "pretrained_recipe", "quantize_box", "quantize_records", "stage_tokenizer",
 ]

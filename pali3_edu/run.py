@@ -254,7 +254,9 @@ def stages_of(name: str) -> list[str]:
 def resolve_recipes(stages: Sequence[str], preset: str, overrides_of) -> list[Recipe]:
     """The recipe of each stage with its overrides. A changed recipe is registered as a preset of
     its own, ``<preset>-<fingerprint[:8]>``, and the later stages of the chain start from it
-    (their ``upstream`` is renamed), so ``--recipe all --steps 5`` chains the 5-step runs."""
+    (their ``upstream`` is renamed), so ``--recipe all --steps 5`` chains the 5-step runs.
+    Overrides that leave the fingerprint as it is (a preset's own values, ``log_every``) keep the
+    preset's name and cache."""
     for stage in stages:
         spec = get_stage(stage)
         if preset not in spec.presets:
@@ -272,7 +274,7 @@ def resolve_recipes(stages: Sequence[str], preset: str, overrides_of) -> list[Re
             raise UsageError(f"{stage}: {err}") from None
         if upstream != recipe.upstream:
             changed = dataclasses.replace(changed, upstream=upstream)
-        if changed is not recipe:
+        if changed is not recipe and changed.fingerprint() != recipe.fingerprint():
             name = f"{preset}-{changed.fingerprint()[:8]}"
             changed = dataclasses.replace(changed, preset=name)
             get_stage(stage).presets[name] = changed  # so that get_recipe(stage, name) finds it

@@ -126,6 +126,9 @@ def test_batch_size_finds_each_stage_setting_and_chains_follow_overrides():
     # only one stage changed: the later ones are renamed too (they start from it), earlier ones not
     only_ul2 = resolve_recipes(STAGE_ORDER, "smoke", lambda s, r: {"train.steps": 3} if s == "ul2" else {})
     assert [r.preset == "smoke" for r in only_ul2] == [True, False, False, False, False]
+    # a preset's own value, or a setting outside the fingerprint: the same run, the same cache
+    same = resolve_recipes(["ul2"], "smoke", lambda s, r: {"train.steps": r.train.steps, "train.log_every": 2})
+    assert same[0].preset == "smoke" and same[0].train.log_every == 2
 
 
 def test_amp_flag_sets_the_recipe_precision():

@@ -393,7 +393,8 @@ def _named_presets(stage: str) -> list[str]:
 def list_presets() -> str:
     """A table of every stage and its presets (``--list``)."""
     lines = ["stage            presets"]
-    for stage in sorted({r.split(":")[0] for r in list_recipes()}, key=lambda s: (STAGE_ORDER.index(s) if s in STAGE_ORDER else len(STAGE_ORDER), s)):
+    order = {stage: i for i, stage in enumerate(STAGE_ORDER)}
+    for stage in sorted({r.split(":")[0] for r in list_recipes()}, key=lambda s: (order.get(s, len(order)), s)):
         lines.append(f"{stage:<16} {', '.join(_named_presets(stage))}")
     return "\n".join(lines)
 

@@ -332,7 +332,8 @@ def run(preset: str = "smoke", stage: str = "pali3-stage1", steps: int = 5, devi
     counted = {s.name: counted_flops(s.loss_only) for s in sides}
     gap = (formula["total"] - counted["course"]) / counted["course"]
     print_fn(f"FLOPs per step: formula {formula['total'] / 1e9:.3f} G, FlopCounterMode course "
-             f"{counted['course'] / 1e9:.3f} G (formula {gap:+.1%}), transformers {counted['transformers'] / 1e9:.3f} G")
+             f"{counted['course'] / 1e9:.3f} G (formula {gap:+.1%}), "
+             f"transformers {counted['transformers'] / 1e9:.3f} G")
 
     # peak memory of one step each
     memory = {}
@@ -370,7 +371,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m pali3_edu.bench train", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="smoke", help="recipe preset: smoke, colab-t4, l4-a100, h100, ...")
-    parser.add_argument("--stage", default="pali3-stage1", help="pali3-stage1 (ViT frozen), pali3-stage2, pali3-transfer")
+    parser.add_argument("--stage", default="pali3-stage1",
+                        help="pali3-stage1 (ViT frozen), pali3-stage2, pali3-transfer")
     parser.add_argument("--steps", type=positive_int, default=5, help="timed steps per model")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
     parser.add_argument("--batch-size", type=positive_int, help="default: the recipe's")

@@ -70,7 +70,8 @@ def _smoke(stage: str) -> Recipe:
     micro = base._STAGES[stage].presets["micro"]
     upstream = {role: (s, "smoke") for role, (s, _) in micro.upstream.items()}
     train = dataclasses.replace(micro.train, steps=_SMOKE_STEPS[stage],
-                                warmup_steps=min(micro.train.warmup_steps, max(1, _SMOKE_STEPS[stage] // 2)), log_every=1,
+                                warmup_steps=min(micro.train.warmup_steps, max(1, _SMOKE_STEPS[stage] // 2)),
+                                log_every=1,
                                 checkpoint_every=None)
     return dataclasses.replace(micro, preset="smoke", train=train, upstream=upstream)
 

@@ -301,6 +301,20 @@ def _scalars(out: Any) -> dict[str, torch.Tensor]:
     return items
 
 
+def _reduce_logs(sums: dict[str, torch.Tensor], grad_norm: torch.Tensor, device: torch.device,
+                 distributed: bool) -> dict[str, float]:
+    """The logged values averaged over processes. A value that only some processes report (e.g.
+    the loss of one UL2 denoiser kind that happens to be absent from one rank's rows) is averaged
+    over the processes that have it."""
+    keys = sorted({k for ks in all_gather_object(sorted(sums)) for k in ks}) if distributed else list(sums)
+    values = torch.stack([sums[k].to(device) if k in sums else torch.zeros((), device=device) for k in keys]
+                         + [grad_norm.float().to(device)])
+    present = torch.tensor([float(k in sums) for k in keys] + [1.0], device=device)
+    if distributed:
+        values, present = all_reduce_mean(values), all_reduce_mean(present)
+    return dict(zip([*keys, "grad_norm"], (values / present.clamp_min(1e-12)).tolist()))
+
+
 def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
@@ -530,9 +544,7 @@ def train(
             opt.zero_grad(set_to_none=True)
             last = step == cfg.steps - 1
             if step % cfg.log_every == 0 or last:
-                keys = list(sums)
-                values = all_reduce_mean(torch.stack([sums[k].to(device) for k in keys] + [grad_norm.float().to(device)]))
-                logged = dict(zip(keys + ["grad_norm"], values.tolist()))
+                logged = _reduce_logs(sums, grad_norm, device, info.distributed)
                 history.rows.append({"step": float(step), "lr": lr, **logged})
                 if bar is not None:
                     bar.set_postfix(loss=f"{logged['loss']:.3f}", refresh=False)

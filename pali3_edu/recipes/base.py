@@ -228,7 +228,9 @@ def register_stage(stage: Stage) -> Stage:
 
 def _load_stage_modules() -> None:
     # importing a stage module registers it
-    from pali3_edu.recipes import pali3, siglip, ul2  # noqa: F401
+    from pali3_edu.recipes import pali3, scale, siglip, ul2  # noqa: F401
+
+    scale.register()  # the smoke and GPU presets of every stage
 
 
 def get_stage(name: str) -> Stage:

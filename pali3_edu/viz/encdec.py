@@ -6,6 +6,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.transforms import offset_copy
 
 from pali3_edu.encdec import causal_mask, relative_position_bucket
 
@@ -45,8 +47,10 @@ def plot_attention_mask(
     padding: torch.Tensor | None = None,
     ax: Axes | None = None,
     title: str | None = None,
+    legend: bool = True,
 ) -> Figure:
-    """Show which keys each query may attend to (dark = allowed).
+    """Show which keys each query may attend to (dark = allowed; ``legend`` names the two
+    colours below the plot).
 
     - ``padding`` given (``(keys,)`` 1 = real token): the encoder's mask, every query sees
       every real key.
@@ -63,14 +67,27 @@ def plot_attention_mask(
                           else f"decoder step: {query_length} new vs {key_length} keys")
     fig = None
     if ax is None:
-        fig, ax = plt.subplots(figsize=(0.35 * key_length + 1.5, 0.35 * query_length + 1.2))
-    ax.imshow(allowed.float(), cmap="Blues", vmin=0, vmax=1.3)
+        fig, ax = plt.subplots(figsize=(max(0.35 * key_length + 1.5, 3.6 if legend else 0),
+                                        0.35 * query_length + (1.7 if legend else 1.2)))
+    cmap, vmax = plt.get_cmap("Blues"), 1.3
+    ax.imshow(allowed.float(), cmap=cmap, vmin=0, vmax=vmax)
     ax.set(xlabel="key position", ylabel="query position", title=title)
     ax.set_xticks(range(key_length))
     # label queries by their absolute position (after a cached past they are the last ones)
     offset = key_length - query_length if padding is None else 0
     ax.set_yticks(range(query_length), [str(offset + i) for i in range(query_length)])
-    return fig if fig is not None else ax.figure
+    if legend:
+        masked = "masked (padding)" if padding is not None else "masked (a later position)"
+        handles = [Patch(facecolor=cmap(1 / vmax), edgecolor="grey", label="may attend"),
+                   Patch(facecolor=cmap(0.0), edgecolor="grey", label=masked)]
+        # a fixed distance below the axes (under the tick labels and the x label), whatever their height
+        below = offset_copy(ax.transAxes, fig=ax.figure, y=-34, units="points")
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below, ncol=2,
+                  fontsize=8, frameon=False, handlelength=1.2, columnspacing=1.0)
+    if fig is not None:
+        fig.tight_layout()
+        return fig
+    return ax.figure
 
 
 __all__ = ["plot_attention_mask", "plot_position_buckets"]

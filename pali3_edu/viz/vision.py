@@ -1,7 +1,11 @@
-"""Pictures for the vision transformer lesson: an image cut into patches, position-embedding similarity.
+"""Pictures for the vision transformer lesson: an image cut into patches, position-embedding
+similarity, and two ShapesWorld shapes side by side.
 
     >>> show_patches(image, patch=8)             # the image with its patch grid, and the patch sequence
     >>> plot_posemb_similarity(vit)             # cosine similarity of each position to all others
+    >>> posemb_neighbour_similarity(vit)        # (mean cosine to grid neighbours, to all other positions)
+    >>> plot_shape_pair("circle", "hexagon")    # the two shapes at the same place, and where they differ
+    >>> shape_pair_differences()                # every pair of shapes, most alike first
 """
 
 from __future__ import annotations
@@ -79,3 +83,83 @@ def plot_posemb_similarity(posemb: Any, grid: tuple[int, int] | None = None, tit
     fig.colorbar(im, ax=axes, shrink=0.7, label="cosine similarity")
     fig.suptitle(title or "position-embedding similarity (each tile: one position vs all)", fontsize=9)
     return fig
+
+
+def posemb_neighbour_similarity(posemb: Any, grid: tuple[int, int] | None = None) -> tuple[float, float]:
+    """How much a position embedding "knows" the grid: ``(neighbours, others)``, the mean cosine
+    similarity between positions that are grid neighbours (up, down, left, right) and between all
+    other pairs of distinct positions. A random embedding gives about 0 for both; an embedding
+    that learned the 2-D layout gives ``neighbours`` clearly above ``others``.
+
+    ``posemb``: ``(1, N, D)``, ``(N, D)`` or a :class:`~pali3_edu.vit.ViT`; ``grid`` defaults to square.
+    """
+    pe = posemb.position_embedding() if hasattr(posemb, "position_embedding") else posemb
+    pe = torch.as_tensor(pe).detach().cpu().float()
+    pe = pe.reshape(-1, pe.shape[-1])
+    n = pe.shape[0]
+    gh, gw = grid if grid is not None else square_grid(n)
+    if gh * gw != n:
+        raise ValueError(f"grid {gh}x{gw} does not hold the {n} positions of the embedding.")
+    unit = torch.nn.functional.normalize(pe, dim=-1)
+    sim = unit @ unit.T
+    rows, cols = torch.arange(n) // gw, torch.arange(n) % gw
+    steps = (rows[:, None] - rows[None, :]).abs() + (cols[:, None] - cols[None, :]).abs()
+    return float(sim[steps == 1].mean()), float(sim[steps > 1].mean())
+
+
+def render_shape_mask(shape: str, image_size: int = 64, size: str = "large", center: tuple[float, float] = (0.5, 0.5)):
+    """Boolean ``(image_size, image_size)`` mask of one ShapesWorld shape drawn exactly as in the
+    data set (the middle of the size's radius range)."""
+    from pali3_edu.data.shapesworld import RADIUS, Scene, ShapeObject, render_masks
+
+    radius = sum(RADIUS[size]) / 2
+    obj = ShapeObject(shape, "red", size, center[0], center[1], radius)
+    return render_masks(Scene(0, "train", image_size, [obj]), image_size)[0]
+
+
+def plot_shape_pair(shape_a: str = "circle", shape_b: str = "hexagon", image_size: int = 64, patch: int = 8,
+                    sizes: tuple[str, ...] = ("large", "small")):
+    """For each size: the two shapes drawn at the same place and their difference (the pixels
+    that only one of them covers), with the ViT's patch grid. The title of each difference says
+    how many pixels differ out of how many the shapes cover. Returns ``(figure, rows)`` with
+    ``rows[i] = {"size", "differ", "covered", "width"}`` (``width``: pixels across ``shape_a``)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(len(sizes), 3, figsize=(7.5, 2.6 * len(sizes)), squeeze=False)
+    rows = []
+    for row, size in zip(axes, sizes):
+        a, b = render_shape_mask(shape_a, image_size, size), render_shape_mask(shape_b, image_size, size)
+        differ, covered = int((a ^ b).sum()), int((a | b).sum())
+        rows.append({"size": size, "differ": differ, "covered": covered, "width": int(a.any(0).sum())})
+        diff = np.zeros((*a.shape, 3))
+        diff[a & ~b] = (0.9, 0.3, 0.2)   # only shape_a
+        diff[b & ~a] = (0.2, 0.5, 0.9)   # only shape_b
+        diff[a & b] = (0.75, 0.75, 0.75)
+        for ax, img, title in zip(row, (a, b, diff), (f"{size} {shape_a}", f"{size} {shape_b}",
+                                                     f"{differ} of {covered} pixels differ")):
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+            for k in range(patch, image_size, patch):
+                ax.axhline(k - 0.5, color="tab:green", lw=0.5)
+                ax.axvline(k - 0.5, color="tab:green", lw=0.5)
+            ax.set_title(title, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"{image_size}×{image_size} px, {patch}-px patches (green). Difference: red = only the "
+                 f"{shape_a}, blue = only the {shape_b}, grey = both", fontsize=9)
+    fig.tight_layout()
+    return fig, rows
+
+
+def shape_pair_differences(image_size: int = 64, size: str = "large") -> list[tuple[str, str, int, int]]:
+    """Every pair of ShapesWorld shapes drawn at the same place and size: ``(shape_a, shape_b,
+    differ, covered)``, the pixels only one of them covers and the pixels either covers, sorted
+    from the most alike pair (smallest ``differ / covered``) to the least."""
+    from itertools import combinations
+
+    from pali3_edu.data.shapesworld import SHAPES
+
+    masks = {shape: render_shape_mask(shape, image_size, size) for shape in SHAPES}
+    rows = [(a, b, int((masks[a] ^ masks[b]).sum()), int((masks[a] | masks[b]).sum()))
+            for a, b in combinations(SHAPES, 2)]
+    return sorted(rows, key=lambda row: row[2] / row[3])

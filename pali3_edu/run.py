@@ -380,7 +380,7 @@ def run_stage(recipe: Recipe, args: argparse.Namespace, cache_name: str | None,
         write_records(folder, recipe, run, {
             "device": str(device), "processes": info.world_size, "speed": dataclasses.asdict(speed),
             "loaded_from_cache": run.loaded, "train_seconds": run.history.seconds,
-            "torch": torch.__version__, "command": " ".join(sys.argv),
+            "torch": torch.__version__, "command": _COMMAND or " ".join(sys.argv),
         })
     return result
 
@@ -399,9 +399,14 @@ def list_presets() -> str:
     return "\n".join(lines)
 
 
+_COMMAND: str | None = None  # the command line being run, as a learner would type it
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status
     (0 done, 2 a usage error, which is printed with what to change)."""
+    global _COMMAND
+    _COMMAND = " ".join(["python -m pali3_edu.train", *(sys.argv[1:] if argv is None else list(argv))])
     parser = build_parser()
     try:
         args = parser.parse_args(None if argv is None else list(argv))

@@ -120,13 +120,21 @@ def _machine() -> str:
     return f"a {cores}-core CPU ({platform.machine()})"
 
 
-def record_times(numbers: list[str] | None = None, timeout: int = 3600) -> dict:
+def record_times(numbers: list[str] | None = None, timeout: int = 3600, data: Path | None = None) -> dict:
     """Execute lessons (all, or those numbered in ``numbers``) in order, from an empty data folder
     shared by them (later lessons use what earlier ones cached, as in a learner's first run), and
-    write their wall times into the record. Stored outputs are refreshed in place."""
+    write their wall times into the record. Stored outputs are refreshed in place.
+
+    ``data``: use (and keep) this data folder instead of a temporary one — e.g. to re-run one
+    lesson after the others with their caches in place (its time then excludes upstream training).
+    """
     chosen = [lesson for lesson in existing_lessons() if not numbers or lesson.number in numbers]
     record = load_record()
-    data = Path(tempfile.mkdtemp(prefix="pali3-edu-record-"))
+    keep = data is not None
+    data = Path(data) if keep else Path(tempfile.mkdtemp(prefix="pali3-edu-record-"))
+    data.mkdir(parents=True, exist_ok=True)
+    record["machine"] = _machine()
+    record["date"] = _dt.date.today().isoformat()
     env = dict(os.environ, PALI3_EDU_DATA=str(data))
     try:
         for lesson in chosen:
@@ -136,11 +144,10 @@ def record_times(numbers: list[str] | None = None, timeout: int = 3600) -> dict:
                            check=True, env=env)
             record["seconds"][lesson.file] = round(time.perf_counter() - t0, 1)
             print(f"{lesson.file}: {_format_seconds(record['seconds'][lesson.file])}")
+            RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")  # progress survives a stop
     finally:
-        shutil.rmtree(data, ignore_errors=True)
-    record["machine"] = _machine()
-    record["date"] = _dt.date.today().isoformat()
-    RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        if not keep:
+            shutil.rmtree(data, ignore_errors=True)
     return record
 
 
@@ -149,11 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("record", help="execute lessons and record their times")
     rec.add_argument("lessons", nargs="*", help="lesson numbers (default: all)")
+    rec.add_argument("--data", type=Path, default=None, help="keep and reuse this data folder")
     sub.add_parser("readme", help="rewrite the README's lesson table from the record")
     sub.add_parser("table", help="print the lesson table")
     args = parser.parse_args(argv)
     if args.command == "record":
-        record_times(args.lessons)
+        record_times(args.lessons, data=args.data)
     elif args.command == "readme":
         path = ROOT / "README.md"
         path.write_text(readme_with_table(path.read_text()))

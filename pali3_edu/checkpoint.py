@@ -232,7 +232,8 @@ def _load_state(folder: Path) -> dict[str, Any]:
             f"folder {folder} and train again."
         ) from err
     if not isinstance(state, dict):
-        raise CheckpointError(f"{folder}/{STATE_FILE} is not a training state. Delete the folder {folder} and train again.")
+        raise CheckpointError(
+            f"{folder}/{STATE_FILE} is not a training state. Delete the folder {folder} and train again.")
     return state
 
 

@@ -175,7 +175,8 @@ def cider_d_scores(
        evaluated set*, so scores on different sets are not comparable, and one image alone
        scores 0 (every n-gram is in "all" images).
     2. Per reference r and n, the "-D" variant (made harder to game; the one the COCO server and
-       papers report as "CIDEr") takes the clipped cosine ``Σ_g min(h_g, r_g)·r_g / (‖h‖·‖r‖)`` (repeating a good word does not help) times
+       papers report as "CIDEr") takes the clipped cosine ``Σ_g min(h_g, r_g)·r_g / (‖h‖·‖r‖)``
+       (repeating a good word does not help) times
        a Gaussian length penalty ``exp(−(len_h − len_r)² / (2σ²))`` with σ = 6.
     3. Average over references and over n, multiply by 10.
 

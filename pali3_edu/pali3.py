@@ -92,7 +92,8 @@ class PaLI3(nn.Module):
     :meth:`predict`; without one the course tokenizer is used.
     """
 
-    def __init__(self, cfg: PaLI3Config | None = None, *, parts: tuple[nn.Module, nn.Module, EncoderDecoder] | None = None):
+    def __init__(self, cfg: PaLI3Config | None = None, *,
+                 parts: tuple[nn.Module, nn.Module, EncoderDecoder] | None = None):
         super().__init__()
         cfg = cfg or PaLI3Config()
         if cfg.visual_posemb not in ("none", "sincos2d"):

@@ -599,7 +599,7 @@ class Tokenizer:
         return directory
 
     @classmethod
-    def load(cls, path: str | os.PathLike, **layout: Any) -> "Tokenizer":
+    def load(cls, path: str | os.PathLike, **layout: Any) -> Tokenizer:
         """Load a directory written by :meth:`save`, or any SentencePiece ``.model`` file.
 
         For a bare ``.model`` file the course's special tokens are appended; ``layout`` keywords

@@ -27,7 +27,6 @@ object with the same attributes. All randomness comes from an explicit ``torch.G
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol

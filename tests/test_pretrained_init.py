@@ -469,7 +469,8 @@ def test_stage1_recipe_from_public_checkpoints_trains(ckpt, tmp_path, monkeypatc
 
     monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path))
     recipe = pretrained_recipe(str(ckpt["root"] / "siglip-vision"), str(ckpt["root"] / "t5"), "micro",
-                               max_prompt_len=96, max_answer_len=160, steps=2, warmup_steps=1, **{"data.mix.num_scenes": 16, "data.mix.batch_size": 4})
+                               max_prompt_len=96, max_answer_len=160, steps=2, warmup_steps=1,
+                               **{"data.mix.num_scenes": 16, "data.mix.batch_size": 4})
     assert recipe.upstream == {} and recipe.model.vision.image_size == VISION["image_size"]
     run = load_or_train(recipe, progress=False, device="cpu")
     assert isinstance(run.tokenizer, T5CourseTokenizer)

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from pali3_edu.train import load_checkpoint
 from pali3_edu.recipes.ul2 import (
     UL2Data,
     build_model,
@@ -19,6 +18,7 @@ from pali3_edu.recipes.ul2 import (
     validation_breakdown,
     validation_losses,
 )
+from pali3_edu.train import load_checkpoint
 
 
 @pytest.fixture(scope="module", autouse=True)

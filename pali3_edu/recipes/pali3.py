@@ -40,7 +40,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from pali3_edu.config import get_config
 from pali3_edu.pali3 import PaLI3, PaLI3Config
 from pali3_edu.recipes.base import Recipe, Stage, TrainedRun, load_or_train, register_stage
 from pali3_edu.recipes.base import get_recipe as _get_recipe
@@ -126,10 +125,12 @@ def _presets(stage: str) -> dict[str, Recipe]:
         settings = StageSettings(freeze_vision=False, vision_lr_scale=0.3, ordinal_loc_init=False)
         return {
             "tiny-cpu": _recipe(stage, "tiny-cpu", stage2(tiny, 128),
-                                PaLI3Data(MultimodalSettings(num_scenes=2000), dataclasses.replace(settings, image_size=128)),
+                                PaLI3Data(MultimodalSettings(num_scenes=2000),
+                                          dataclasses.replace(settings, image_size=128)),
                                 {"previous": ("pali3-stage1", "tiny-cpu")}, steps=300, lr=5e-4, warmup_steps=30),
             "micro": _recipe(stage, "micro", stage2(micro, 64),
-                             PaLI3Data(MultimodalSettings(num_scenes=32, batch_size=4), dataclasses.replace(settings, image_size=64)),
+                             PaLI3Data(MultimodalSettings(num_scenes=32, batch_size=4),
+                                       dataclasses.replace(settings, image_size=64)),
                              {"previous": ("pali3-stage1", "micro")}, steps=4, lr=5e-4, warmup_steps=1),
         }
     if stage == "pali3-transfer":
@@ -141,7 +142,8 @@ def _presets(stage: str) -> dict[str, Recipe]:
             "tiny-cpu": _recipe(stage, "tiny-cpu", big,
                                 PaLI3Data(MultimodalSettings(num_scenes=2000, task_weights=refer), settings),
                                 {"previous": ("pali3-stage2", "tiny-cpu")}, steps=300, lr=5e-4, warmup_steps=30),
-            "micro": _recipe(stage, "micro", dataclasses.replace(micro, vision=dataclasses.replace(micro.vision, image_size=64)),
+            "micro": _recipe(stage, "micro",
+                             dataclasses.replace(micro, vision=dataclasses.replace(micro.vision, image_size=64)),
                              PaLI3Data(MultimodalSettings(num_scenes=32, batch_size=4, task_weights=refer), settings),
                              {"previous": ("pali3-stage2", "micro")}, steps=4, lr=5e-4, warmup_steps=1),
         }

@@ -277,7 +277,8 @@ def retrieval_metrics(model: SigLIP, data: EvalSet, ks: Sequence[int] = (1, 5)) 
     return out
 
 
-def class_prompts(attribute: Literal["shape", "color"], style: Literal["ensemble", "short"] = "ensemble") -> dict[str, list[str]]:
+def class_prompts(attribute: Literal["shape", "color"],
+                  style: Literal["ensemble", "short"] = "ensemble") -> dict[str, list[str]]:
     """Text prompts per class, written in the style of the training captions.
 
     - ``"ensemble"``: every single-object caption the class could have, e.g. for *circle*

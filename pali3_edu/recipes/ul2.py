@@ -39,6 +39,7 @@ from pali3_edu.tokens import IGNORE_INDEX
 from pali3_edu.train import History, TrainConfig, train
 from pali3_edu.ul2 import UL2Mixture, ul2_batch
 
+
 @dataclass
 class UL2DataSettings:
     """The text and the denoisers of a UL2 run."""

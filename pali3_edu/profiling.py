@@ -107,19 +107,20 @@ def _quiet_stderr() -> Iterator[None]:
 def memory_trace(fn: Callable[[], object]) -> MemoryTrace:
     """Run ``fn()`` under the CPU profiler and return its memory curve, op by op.
 
-    The ops are sorted by start time and each one's own allocations minus frees are summed: a
-    faithful picture of the tensors the call created and released on CPU.
+    Each op's own allocations minus frees are summed in the order the ops *finish* (an op's
+    frees are recorded at its end; ordering by start time would count some frees before the
+    allocations they undo and dip below zero): the tensors the call created and released on CPU.
     """
     from torch.profiler import ProfilerActivity, profile
 
     with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
-    t0 = events[0].time_range.start if events else 0
+    events = sorted(prof.events(), key=lambda e: e.time_range.end)
+    t0 = min((e.time_range.start for e in events), default=0)
     times, totals, current = [], [], 0
     for e in events:
         current += e.self_cpu_memory_usage
-        times.append(float(e.time_range.start - t0))
+        times.append(float(e.time_range.end - t0))
         totals.append(current)
     return MemoryTrace(times_us=times, allocated_bytes=totals)
 

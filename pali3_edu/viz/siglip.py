@@ -52,7 +52,7 @@ def plot_similarity_matrix(
     """The CLIP/SigLIP picture: thumbnails across the top, captions down the side, and each cell
     coloured by the similarity of that caption and that image. Correct pairs lie on the diagonal.
 
-    ``similarity`` is ``(images, captions)`` as returned by ``siglip_pretrain.similarity_matrix``
+    ``similarity`` is ``(images, captions)`` as returned by ``pali3_edu.recipes.siglip.similarity_matrix``
     (it is drawn transposed so captions read as rows); keep it small (≤ 10 × 10).
     """
     import matplotlib.pyplot as plt

@@ -187,3 +187,68 @@ def test_the_checks_do_not_rely_on_assert_statements():
 
     tree = ast.parse(inspect.getsource(lesson01))
     assert not [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Assert)]
+
+
+# --------------------------------------------------------------------------------------------
+# The lessons 00, 01, 04, 05 and 07 as files: setup cell, exercise markers, no dependence on
+# the learner's code after an exercise
+# --------------------------------------------------------------------------------------------
+
+LESSONS = ["00_welcome", "01_data_and_tokenizer", "04_siglip_training", "05_ul2_denoisers",
+           "07_ul2_pretraining"]
+
+
+def _lesson(name):
+    from pathlib import Path
+
+    import nbformat
+
+    return nbformat.read(Path(__file__).resolve().parent.parent / "notebooks" / f"{name}.ipynb", as_version=4)
+
+
+@pytest.mark.parametrize("name", LESSONS)
+def test_setup_cell_installs_this_release_on_colab(name):
+    """The first code cell is pali3_edu.env.COLAB_SETUP_CELL (this release's tag, on Colab only
+    what Colab lacks, no forced ipywidgets), then a restart hint inside the same except branch."""
+    from pali3_edu import env
+
+    setup = next(c for c in _lesson(name).cells if c.cell_type == "code").source
+    assert setup.startswith(env.COLAB_SETUP_CELL), "regenerate the setup cell from env.COLAB_SETUP_CELL"
+    assert env.COLAB_PACKAGE in setup and env.COLAB_TAG in setup
+    rest = setup[len(env.COLAB_SETUP_CELL):]
+    assert "Restart the runtime if pip upgraded packages" in rest
+    inside_except = all(line.startswith("    ") for line in rest.splitlines() if line.strip())
+    assert inside_except, "the hint belongs to the except branch"
+    assert "ipywidgets" not in setup
+
+
+@pytest.mark.parametrize("name", LESSONS)
+def test_lesson_metadata_is_what_jupyterlab_writes(name):
+    nb = _lesson(name)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.metadata["language_info"]["name"] == "python"
+    assert "widgets" not in nb.metadata, "stale widget state: JupyterLab would rewrite it"
+    assert (nb.nbformat, nb.nbformat_minor) == (4, 5) and all("id" in c for c in nb.cells)
+
+
+@pytest.mark.parametrize("name", LESSONS)
+def test_exercises_are_marked_and_nothing_later_needs_them(name):
+    """Each ✏️ EXERCISE cell has BEGIN/END SOLUTION markers around the body of a `my_…` function;
+    a later cell uses that function only in the check or inside a try that catches
+    NotImplementedError (the student copy's stub)."""
+    import re
+
+    cells = [c for c in _lesson(name).cells if c.cell_type == "code"]
+    for i, cell in enumerate(cells):
+        if "# ✏️ EXERCISE" not in cell.source:
+            continue
+        lines = cell.source.splitlines()
+        assert sum("# BEGIN SOLUTION" in line for line in lines) == 1, cell.source
+        assert sum("# END SOLUTION" in line for line in lines) == 1, cell.source
+        fn = re.search(r"def (my_\w+)\(", cell.source).group(1)
+        for later in cells[i + 1:]:
+            for match in re.finditer(rf"\b{fn}\b(?=\s*\()|\b{fn}\b(?=\))", later.source):
+                before = later.source[: match.start()]
+                in_check = re.search(rf"check_\w+\({fn}\)", later.source[match.start() - 40: match.end() + 1])
+                guarded = "try:" in before and "except NotImplementedError" in later.source[match.end():]
+                assert in_check or guarded, f"{name}: a later cell calls {fn} unguarded:\n{later.source}"

@@ -108,6 +108,18 @@ def readme_with_table(readme: str, record: dict | None = None) -> str:
     return f"{head}{START}\n{lesson_table(record)}\n{END}{tail}"
 
 
+def strip_run_metadata(path: Path) -> None:
+    """Drop what an executed notebook carries that JupyterLab would not write (widget state,
+    per-cell execution timings), so that opening a lesson does not mark it modified.
+    (nbclient's ``store_widget_state=False`` fails on notebooks with Output widgets.)"""
+    nb = json.loads(path.read_text())
+    nb.get("metadata", {}).pop("widgets", None)
+    nb.setdefault("metadata", {}).setdefault("kernelspec", {})["display_name"] = "Python 3 (ipykernel)"
+    for cell in nb.get("cells", []):
+        cell.get("metadata", {}).pop("execution", None)
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
 def _machine() -> str:
     cores = os.cpu_count()
     try:
@@ -143,6 +155,7 @@ def record_times(numbers: list[str] | None = None, timeout: int = 3600, data: Pa
                             "--inplace", f"--ExecutePreprocessor.timeout={timeout}", str(NOTEBOOKS / lesson.file)],
                            check=True, env=env)
             record["seconds"][lesson.file] = round(time.perf_counter() - t0, 1)
+            strip_run_metadata(NOTEBOOKS / lesson.file)
             print(f"{lesson.file}: {_format_seconds(record['seconds'][lesson.file])}")
             RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")  # progress survives a stop
     finally:

@@ -189,7 +189,9 @@ torch.set_num_threads(1)
 from test_train_distributed import _run
 _run("ddp_accum2", {folder!r}, parallel=True)
 import torch.distributed as dist
-print("world", dist.get_world_size(), "rank", dist.get_rank())
+rank = dist.get_rank()
+with open(r"{folder}" + f".rank{{rank}}", "w") as f:
+    print(f"world {{dist.get_world_size()}} rank {{rank}}", file=f)
 """
 
 
@@ -207,7 +209,9 @@ def test_torchrun_environment(tmp_path):
         env={**os.environ, "OMP_NUM_THREADS": "1", "PALI3_DEVICE": "cpu"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "world 2 rank 0" in proc.stdout and "world 2 rank 1" in proc.stdout
+    # each rank writes its own line to its own file (two processes' prints can interleave on stdout)
+    seen = [(tmp_path / f"tr.rank{r}").read_text().strip() for r in (0, 1)]
+    assert seen == ["world 2 rank 0", "world 2 rank 1"]
     single = _run("ddp_accum2", str(tmp_path / "one"), parallel=False)
     got = load_checkpoint(tmp_path / "tr" / "ddp_accum2")
     ref = load_checkpoint(tmp_path / "one" / "ddp_accum2")

@@ -51,6 +51,7 @@ from typing import Any
 
 import torch
 
+from pali3_edu.bench.__main__ import positive_float, positive_int  # argparse types shared with the benchmarks
 from pali3_edu.recipes import scale  # noqa: F401  (registers the smoke and GPU presets)
 from pali3_edu.recipes.base import (
     Recipe,
@@ -79,26 +80,6 @@ class UsageError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (1 or more), got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0.0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pali3_edu.train",
@@ -109,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", help=f"a stage ({', '.join(STAGE_ORDER)}) or 'all'")
     p.add_argument("--preset", help="smoke, colab-t4, l4-a100, h100 (or the lessons' tiny-cpu, micro)")
     p.add_argument("--list", action="store_true", help="list every stage and its presets, then exit")
-    p.add_argument("--steps", type=_positive_int, help="optimizer steps (train.steps)")
-    p.add_argument("--batch-size", type=_positive_int, help="examples per micro-batch (the stage's batch_size)")
-    p.add_argument("--lr", type=_positive_float, help="peak learning rate (train.lr)")
+    p.add_argument("--steps", type=positive_int, help="optimizer steps (train.steps)")
+    p.add_argument("--batch-size", type=positive_int, help="examples per micro-batch (the stage's batch_size)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (train.lr)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="[STAGE:]KEY=VALUE",
                    help="any recipe setting by its dotted key, e.g. train.grad_accum=4; repeatable")
     p.add_argument("--amp", choices=("auto", "bf16", "fp16", "none"),
@@ -127,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     speed.add_argument("--compile-mode", help="inductor mode: default, reduce-overhead, max-autotune")
     speed.add_argument("--checkpointing", action="store_true", help="activation checkpointing of every block")
-    speed.add_argument("--bucket", type=_positive_int, metavar="N",
+    speed.add_argument("--bucket", type=positive_int, metavar="N",
                        help="pad prompt/answer lengths to multiples of N (e.g. 16) so compiled shapes repeat")
     return p
 

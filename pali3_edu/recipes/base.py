@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pali3_edu.train import CheckpointError, History, TrainConfig, load_checkpoint, train
+from pali3_edu.train import CheckpointError, History, TrainConfig, config_changes, load_checkpoint, train
 from pali3_edu.utils import data_dir, pick_device
 
 #: TrainConfig fields that cannot change the trained weights (left out of the fingerprint).
@@ -59,23 +59,10 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (for readable differences)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def describe_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 8) -> str:
-    """``"train.lr: 0.001 -> 0.002, data.batch_size: 64 -> 32"`` for two nested dicts."""
-    a, b = flatten(old), flatten(new)
-    changes = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-               for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    """``"train.lr: 0.001 -> 0.002, data.batch_size: 64 -> 32"`` for two nested dicts (the same
+    key-by-key diff the training loop gives when it refuses a resume)."""
+    changes = config_changes(old, new)
     more = f" (+{len(changes) - limit} more)" if len(changes) > limit else ""
     return ", ".join(changes[:limit]) + more if changes else "nothing"
 

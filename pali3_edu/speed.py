@@ -26,18 +26,31 @@ setting                  what it does, and what it costs
 ``amp``                  :func:`pick_amp_dtype` picks the mixed-precision type a device supports:
                          bf16 on Ampere and newer (and CPUs), fp16 with loss scaling on older GPUs
                          such as the T4.
+``attention``            ``"sdpa"`` (default) or ``"flex"`` for the T5 self-attention
+                         (:func:`pali3_edu.encdec.set_attention`). SDPA gets T5's relative
+                         position bias, padding and causal masks as one dense float mask
+                         ``(batch, heads, queries, keys)``, which rules out the flash kernel and
+                         costs memory; ``"flex"`` uses FlexAttention: the bias is a ``score_mod``
+                         that looks it up by distance, padding and causality a ``block_mask``
+                         whose empty blocks are skipped, in one kernel that ``torch.compile``
+                         generates. Cross-attention (no bias; only a padding mask) and the ViT
+                         (no mask at all: SDPA picks flash) use SDPA on both settings. GPU only
+                         for training: on a CPU FlexAttention has no backward pass (it runs there
+                         for inference, unfused). The first steps compile the kernel; with
+                         ``bucket`` the lengths, hence the compiled shapes, repeat.
 =======================  =======================================================================
 
 Each path is tested on CPU against the plain one (same loss to a tolerance): compile with the
 ``"eager"``/``"aot_eager"`` backends (the real speed-up needs a GPU and ``"inductor"``),
-checkpointing, bucketing, fused AdamW (PyTorch also has a CPU kernel), the dtype chooser.
+checkpointing, bucketing, fused AdamW (PyTorch also has a CPU kernel), the dtype chooser; the
+two attention paths give the same outputs and gradients (``tests/test_attention_paths.py``).
 
 Where they plug in: :class:`SpeedSettings` changes a model after it is built
 (:meth:`SpeedSettings.prepare_model`) and the batches of a data source
 (:meth:`SpeedSettings.wrap_data`); :func:`use_speed_settings` applies both to the registered
 training stages for the duration of a ``with`` block, which is how ``python -m pali3_edu.train
---compile --checkpointing --bucket 16`` uses them. None of them changes a recipe's fingerprint:
-the trained model is the same recipe's, only reached faster.
+--compile --checkpointing --bucket 16 --attention flex`` uses them. None of them changes a
+recipe's fingerprint: the trained model is the same recipe's, only reached faster.
 
 >>> from pali3_edu.speed import bucket_length, pick_amp_dtype
 >>> [bucket_length(n, 16, cap=24) for n in (3, 16, 17, 24)]
@@ -62,6 +75,7 @@ from torch import nn
 from pali3_edu.tokens import IGNORE_INDEX, PAD_ID
 
 CompileMode = Literal["blocks", "model"]
+AttentionPath = Literal["sdpa", "flex"]
 
 # ---------------------------------------------------------------------------------------------
 # Mixed precision and the optimizer
@@ -298,7 +312,9 @@ class SpeedSettings:
       ``compile_backend`` and inductor's ``compile_mode``;
     - ``checkpointing``: activation checkpointing of every transformer block;
     - ``bucket``: pad text lengths to multiples of this (``None``: off);
-    - ``fused_adamw``: ``None`` chooses (:func:`pick_fused_adamw`); see :func:`adamw_kwargs`.
+    - ``fused_adamw``: ``None`` chooses (:func:`pick_fused_adamw`); see :func:`adamw_kwargs`;
+    - ``attention``: ``"sdpa"`` or ``"flex"`` for the T5 stacks
+      (:func:`pali3_edu.encdec.set_attention`).
     """
 
     compile: CompileMode | None = None
@@ -307,8 +323,11 @@ class SpeedSettings:
     checkpointing: bool = False
     bucket: int | None = None
     fused_adamw: bool | None = None
+    attention: AttentionPath = "sdpa"
 
     def __post_init__(self) -> None:
+        if self.attention not in ("sdpa", "flex"):
+            raise ValueError(f"SpeedSettings.attention must be 'sdpa' or 'flex', got {self.attention!r}.")
         if self.compile not in (None, "blocks", "model"):
             raise ValueError(f"SpeedSettings.compile must be None, 'blocks' or 'model', got {self.compile!r}.")
         if self.bucket is not None and (isinstance(self.bucket, bool) or not isinstance(self.bucket, int)
@@ -318,7 +337,8 @@ class SpeedSettings:
     @property
     def active(self) -> bool:
         """Whether anything differs from the plain path (the optimizer choice aside)."""
-        return self.compile is not None or self.checkpointing or self.bucket is not None
+        return (self.compile is not None or self.checkpointing or self.bucket is not None
+                or self.attention != "sdpa")
 
     def describe(self) -> str:
         parts = []
@@ -328,10 +348,18 @@ class SpeedSettings:
             parts.append("checkpointing")
         if self.bucket:
             parts.append(f"bucket={self.bucket}")
+        if self.attention != "sdpa":
+            parts.append(f"attention={self.attention}")
         return ", ".join(parts) or "plain"
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        """Checkpointing, then compilation, applied to ``model`` in place; returns it."""
+        """The attention path, checkpointing, then compilation, applied to ``model`` in place;
+        returns it. (A model without T5 stacks, like SigLIP, keeps its attention: the ViT's needs
+        no mask, so SDPA can use flash there already.)"""
+        if self.attention != "sdpa":
+            from pali3_edu.encdec import set_attention
+
+            set_attention(model, self.attention)
         if self.checkpointing:
             enable_checkpointing(model)
         if self.compile is not None:

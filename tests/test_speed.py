@@ -330,3 +330,50 @@ def test_use_speed_settings_swaps_the_stages_and_restores_them():
     assert base.get_stage("ul2") is plain
     # speed settings change how, not what: the fingerprint is the same
     assert speed_stage(plain, SpeedSettings(bucket=16)).version == plain.version
+
+
+# ---------------------------------------------------------------------------------------------
+# attention path (FlexAttention for the T5 stacks; equality in detail: tests/test_attention_paths.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_attention_setting_checks_its_value_and_is_described():
+    with pytest.raises(ValueError, match="attention must be 'sdpa' or 'flex'"):
+        SpeedSettings(attention="flash")
+    assert not SpeedSettings(attention="sdpa").active
+    flex = SpeedSettings(attention="flex", bucket=16)
+    assert flex.active and flex.describe() == "bucket=16, attention=flex"
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
+def test_attention_flex_switches_the_t5_stacks_and_compiles_with_the_blocks():
+    """prepare_model switches the encoder-decoder inside PaLI-3 (names and weights unchanged),
+    and the flex path runs inside compiled, checkpointed blocks: the plain model's logits
+    (inference: FlexAttention has no backward pass on CPU)."""
+    _need_compile()
+    batch = _batch()
+    plain, fast = _model(), _model()
+    names = [n for n, _ in fast.named_parameters()]
+    settings = SpeedSettings(attention="flex", compile="blocks", compile_backend="aot_eager", checkpointing=True)
+    settings.prepare_model(fast)
+    assert (fast.encdec.encoder.attention, fast.encdec.decoder.attention) == ("flex", "flex")
+    assert [n for n, _ in fast.named_parameters()] == names
+    with torch.no_grad():
+        a = plain(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+        b = fast(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+    torch.testing.assert_close(b.logits, a.logits, rtol=1e-5, atol=2e-5)
+
+
+def test_attention_flex_leaves_models_without_t5_stacks_alone():
+    from pali3_edu.vit import ViT
+
+    torch.manual_seed(0)
+    vit = ViT(_cfg().vision)
+    assert SpeedSettings(attention="flex").prepare_model(vit) is vit
+
+
+def test_attention_flex_keeps_the_stage_version():
+    from pali3_edu.recipes import base
+
+    plain = base.get_stage("ul2")
+    assert speed_stage(plain, SpeedSettings(attention="flex")).version == plain.version

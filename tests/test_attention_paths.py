@@ -304,3 +304,17 @@ def test_pali3_forward_and_gradients(cpu_flex_backward):
     torch.testing.assert_close(l2, l1, **OUT)
     _assert_close_dicts(g2, g1, **GRAD)
     assert any(name.startswith("vit.") for name in g1)  # the ViT trains here, through SDPA
+
+
+# ---- the command lines ---------------------------------------------------------------------------
+
+
+def test_bench_train_refuses_flex_on_cpu(capsys):
+    from pali3_edu.bench.train import main
+
+    with pytest.raises(SystemExit):
+        main(["--attention", "flex", "--device", "cpu", "--steps", "1"])
+    assert "--attention flex needs a CUDA GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--attention", "flash"])
+    assert "invalid choice: 'flash'" in capsys.readouterr().err

@@ -51,6 +51,11 @@ Peak FLOP/s per device (dense bf16/fp16 tensor cores) come from :data:`PEAK_TFLO
 device name, or from ``--peak-tflops``. On a CPU there is no such table: MFU is not reported.
 The LAST line is the speed ratio ``course/transformers`` in steps per second (> 1: the course
 model is faster).
+
+Speed paths (:mod:`pali3_edu.speed`): ``--compile``, ``--checkpointing`` apply to both models;
+``--attention flex`` switches the course model's T5 self-attention to FlexAttention (relative
+position bias as a ``score_mod``, masks as a ``block_mask``; CUDA only, as FlexAttention has no
+backward pass on CPU), while the transformers T5 keeps its own attention.
 """
 
 from __future__ import annotations
@@ -300,6 +305,9 @@ def run(preset: str = "smoke", stage: str = "pali3-stage1", steps: int = 5, devi
     if not isinstance(cfg, PaLI3Config):
         raise ValueError(f"--stage must be a PaLI-3 stage (pali3-stage1, pali3-stage2, pali3-transfer), got {stage!r}.")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if speed is not None and speed.attention == "flex" and dev.type == "cpu":
+        raise ValueError("--attention flex needs a CUDA GPU: FlexAttention has no backward pass on CPU "
+                         "(train on CPU with --attention sdpa).")
     if amp == "auto":
         amp = pick_amp_dtype(dev) if dev.type == "cuda" else None  # CPU: fp32 (bf16 autocast is slow on most CPUs)
     train_vision = not recipe.data.stage.freeze_vision
@@ -385,11 +393,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch.compile both models (pali3_edu.speed)")
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing in both models")
+    parser.add_argument("--attention", choices=("sdpa", "flex"), default="sdpa",
+                        help="the course T5's self-attention: sdpa (dense bias mask) or flex (FlexAttention, CUDA)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but PyTorch sees no CUDA GPU")
     speed = SpeedSettings(compile=args.compile, compile_backend=args.compile_backend,
-                          checkpointing=args.checkpointing)
+                          checkpointing=args.checkpointing, attention=args.attention)
     try:
         run(args.preset, args.stage, args.steps, args.device, args.batch_size, args.prompt_len,
             args.answer_len, None if args.amp == "none" else args.amp, args.peak_tflops,

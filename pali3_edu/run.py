@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--checkpointing", action="store_true", help="activation checkpointing of every block")
     speed.add_argument("--bucket", type=positive_int, metavar="N",
                        help="pad prompt/answer lengths to multiples of N (e.g. 16) so compiled shapes repeat")
+    speed.add_argument("--attention", choices=("sdpa", "flex"), default="sdpa",
+                       help="T5 self-attention: sdpa (dense bias mask) or flex (FlexAttention; CUDA for training)")
     return p
 
 
@@ -419,7 +421,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = parse_settings(args.settings, stages)
     speed = SpeedSettings(compile=args.compile, compile_backend=args.compile_backend,
                           compile_mode=args.compile_mode, checkpointing=args.checkpointing,
-                          bucket=args.bucket)
+                          bucket=args.bucket, attention=args.attention)
     cache_name = _cache_name(args)
     info = setup_distributed(args.device)  # joins the process group under torchrun
     device = torch.device(args.device) if args.device else None

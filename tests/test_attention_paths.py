@@ -318,3 +318,12 @@ def test_bench_train_refuses_flex_on_cpu(capsys):
     with pytest.raises(SystemExit):
         main(["--attention", "flash"])
     assert "invalid choice: 'flash'" in capsys.readouterr().err
+
+
+def test_train_command_line_has_the_attention_flag():
+    from pali3_edu.run import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["--recipe", "ul2", "--attention", "flex"])
+    assert args.attention == "flex"
+    assert parser.parse_args(["--recipe", "ul2"]).attention == "sdpa"

@@ -6,14 +6,37 @@ What one optimizer step does (``cfg.grad_accum`` micro-batches, ``W`` processes)
    cosine decay) times the group's ``lr_scale``;
 2. for each micro-batch ``i``: ``batch = get_batch(step * grad_accum + i)`` is the *global*
    micro-batch; each process keeps its contiguous share of rows, runs ``loss_fn(model, batch)``
-   and ``backward`` on ``loss / grad_accum``, so the gradients add up to the gradient of the mean.
-   Processes average their gradients only after the last micro-batch
-   (:mod:`pali3_edu.distributed`);
+   and ``backward`` on the loss times the micro-batch's weight, so that the gradients add up to
+   the gradient of the step's loss (below). Processes average their gradients only after the
+   last micro-batch (:mod:`pali3_edu.distributed`);
 3. clip the gradient norm to ``cfg.grad_clip``, check that the loss and the gradient norm are
    finite (the one point per step where the CPU waits for the GPU), then ``optimizer.step()``.
 
-Losses stay on the device as tensors; they are averaged over processes and copied to the
-:class:`History` only every ``cfg.log_every`` steps.
+**Which mean.** A ``loss_fn`` returns a mean: over rows (a regression, SigLIP) or over tokens
+(the answer tokens of PaLI-3, the targets of UL2). A mean over rows is the same whether it is
+taken over the whole batch or over equal shares of it, so the loop simply weights each
+micro-batch by ``1 / grad_accum`` and the processes average. A mean over tokens is not: with 300
+answer tokens on one process and 100 on the other, the average of the two means weighs each of
+the 100 tokens three times as much as one of the 300, and the gradient is not the one of one
+process on the whole batch. A token-mean loss therefore also says how many tokens it averaged:
+``loss_fn`` returns ``{"loss": local token mean, "tokens": number of tokens}``, and the loop
+weights micro-batch ``i`` of process ``r`` by ``tokens[i, r] / N`` (``N``: the tokens of the whole
+step, every micro-batch on every process). The step's loss is then the exact global token mean,
+``sum of every token's loss / N``, and its gradient is the one a single process computes on the
+same global batch. (How: the counts of the first micro-batch are summed over the processes
+before its backward pass and set the weights' scale; the gradients are corrected by the exact
+``N`` once the last micro-batch is counted. The correction is 1 when every micro-batch holds
+the same number of tokens.) A ``loss_fn`` that returns no ``"tokens"`` is a mean over rows.
+
+Losses stay on the device as tensors; they are reduced over processes (the token-mean loss as
+the exact global mean, other logged values averaged) and copied to the :class:`History` only
+every ``cfg.log_every`` steps; with token counts the history also holds ``tokens``, the number
+of tokens of the step.
+
+The optimizer is AdamW (:func:`make_optimizer`); on a GPU its fused kernel (one kernel for every
+parameter, :func:`pali3_edu.speed.pick_fused_adamw`), elsewhere PyTorch's default; ``train(...,
+fused_adamw=True/False)`` chooses. The choice changes how fast the update runs, not the update
+(up to rounding), so it is not part of the configuration a resume checks.
 
 Resuming is exact. ``get_batch`` depends only on its index, and the checkpoint
 (:mod:`pali3_edu.checkpoint`) stores weights, optimizer state, step, history and random-number
@@ -235,13 +258,20 @@ def _group_names(model: nn.Module, groups: list[ParamGroup] | None) -> list[tupl
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, param_groups: list[ParamGroup] | None = None,
-                   *, _names: list[tuple[list[str], ParamGroup]] | None = None) -> torch.optim.Optimizer:
+                   *, fused: bool | None = None,
+                   _names: list[tuple[list[str], ParamGroup]] | None = None) -> torch.optim.Optimizer:
     """AdamW over ``param_groups`` (default: every parameter with ``requires_grad``).
 
     Each :class:`ParamGroup` becomes two optimizer groups: matrices with weight decay, the rest
     (biases, norms, scalars) without. Each carries its ``lr_scale``; the loop sets
     ``lr = lr_at(step) * lr_scale``.
+
+    ``fused``: AdamW's fused kernel (``torch.optim.AdamW(fused=True)``: one kernel updates every
+    parameter); ``None`` chooses it on CUDA (:func:`pali3_edu.speed.pick_fused_adamw`, decided by
+    the device of the parameters), ``False`` keeps PyTorch's default implementation.
     """
+    from pali3_edu.speed import adamw_kwargs
+
     named = _names if _names is not None else _group_names(unwrap(model), param_groups)
     params = dict(unwrap(model).named_parameters())
     groups = []
@@ -253,7 +283,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, param_groups: list[ParamG
             if ps:
                 groups.append({"params": ps, "weight_decay": w, "lr_scale": float(group.lr_scale),
                                "lr": cfg.lr * group.lr_scale})
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    device = next(p for g in groups for p in g["params"]).device
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **adamw_kwargs(device, fused))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,21 +329,73 @@ def _scalars(out: Any) -> dict[str, torch.Tensor]:
                 f"loss_fn returned {k!r} with shape {tuple(v.shape)}; return a scalar, e.g. "
                 "loss.mean() (the loop averages over micro-batches and processes itself)."
             )
+    if "tokens" in items:
+        n = items["tokens"]
+        if isinstance(n, bool) or not isinstance(n, (int, float, torch.Tensor)) or \
+                (isinstance(n, (int, float)) and not (n >= 0 and math.isfinite(n))) or \
+                (isinstance(n, torch.Tensor) and (n.is_complex() or n.dtype == torch.bool)):
+            raise TypeError(
+                f"loss_fn returned 'tokens'={n!r}: it must be the number of tokens the loss "
+                "averaged over (an int >= 0 or a scalar tensor), e.g. (labels != -100).sum()."
+            )
     return items
 
 
+def _count(value: Any, device: torch.device) -> torch.Tensor:
+    """A token count as a float32 scalar on ``device`` (counts are exact in float32 up to 2**24)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().reshape(()).to(device=device, dtype=torch.float32)
+    return torch.tensor(float(value), device=device)
+
+
+def _all_reduce_sum(t: torch.Tensor, distributed: bool) -> torch.Tensor:
+    """Sum of ``t`` over all processes (``t`` itself with one process)."""
+    if distributed:
+        import torch.distributed as dist
+
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def _log_dtype(device: torch.device) -> torch.dtype:
+    """float64 for the logged token-weighted sums (``(loss * n) / n`` gives back ``loss`` exactly),
+    float32 where the device has no float64 (Apple's MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def _reduce_logs(sums: dict[str, torch.Tensor], grad_norm: torch.Tensor, device: torch.device,
-                 distributed: bool) -> dict[str, float]:
+                 distributed: bool, tokens: torch.Tensor | None = None) -> dict[str, float]:
     """The logged values averaged over processes. A value that only some processes report (e.g.
     the loss of one UL2 denoiser kind that happens to be absent from one rank's rows) is averaged
-    over the processes that have it."""
+    over the processes that have it.
+
+    ``tokens``: this process's token count of the step, for a token-mean loss; ``sums["loss"]``
+    then holds this process's sum of ``loss * tokens`` over its micro-batches, and the logged
+    loss is the global token mean (both summed over the processes, then divided), logged with
+    the global count as ``tokens``."""
     keys = sorted({k for ks in all_gather_object(sorted(sums)) for k in ks}) if distributed else list(sums)
-    values = torch.stack([sums[k].to(device) if k in sums else torch.zeros((), device=device) for k in keys]
-                         + [grad_norm.float().to(device)])
+    out: dict[str, float] = {}
+    if tokens is not None:
+        weighted = torch.stack([sums["loss"].to(device), tokens.to(device, sums["loss"].dtype)])
+        total_loss, total_tokens = _all_reduce_sum(weighted, distributed).tolist()
+        out = {"loss": total_loss / total_tokens if total_tokens else float("nan"), "tokens": total_tokens}
+        keys = [k for k in keys if k != "loss"]
+    values = torch.stack([sums[k].float().to(device) if k in sums else torch.zeros((), device=device)
+                          for k in keys] + [grad_norm.float().to(device)])
     present = torch.tensor([float(k in sums) for k in keys] + [1.0], device=device)
     if distributed:
         values, present = all_reduce_mean(values), all_reduce_mean(present)
-    return dict(zip([*keys, "grad_norm"], (values / present.clamp_min(1e-12)).tolist()))
+    out.update(zip([*keys, "grad_norm"], (values / present.clamp_min(1e-12)).tolist()))
+    return out
+
+
+def _scale_gradients(params: list[nn.Parameter], factor: torch.Tensor) -> None:
+    """Multiply every gradient by ``factor`` (a scalar tensor; no wait for the device). Works on
+    FSDP's sharded gradients too, as ``clip_grad_norm_`` does."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        torch._foreach_mul_(grads, factor.to(grads[0].device))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -388,12 +471,17 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     meta: dict[str, Any] | None = None,
+    fused_adamw: bool | None = None,
 ) -> History:
     """Train ``model`` for ``cfg.steps`` optimizer steps and return the :class:`History`.
 
     - ``loss_fn(model, batch)`` returns the scalar loss, or a dict with ``"loss"`` and other
-      scalars to log (e.g. per-denoiser losses). Under ``ddp`` it receives the wrapped model:
-      read attributes through :func:`unwrap` (``unwrap(model).config``).
+      scalars to log (e.g. per-denoiser losses). A token-mean loss adds ``"tokens"``, the number
+      of tokens its ``"loss"`` averaged over (an int or a scalar tensor); the loop then weights
+      it so that the step's loss is the mean over every token of the global batch (module
+      docstring). With zero tokens its ``"loss"`` must still be finite (``sum / max(n, 1)``).
+      Under ``ddp`` it receives the wrapped model: read attributes through :func:`unwrap`
+      (``unwrap(model).config``).
     - ``get_batch(i)`` returns micro-batch ``i`` (``i = step * grad_accum + micro``) of the
       *global* batch: a tensor or a dict/tuple of tensors with the batch on dim 0. With ``W``
       processes, rank ``r`` trains on rows ``r*B/W .. (r+1)*B/W``.
@@ -406,6 +494,7 @@ def train(
       process were interrupted; the lessons use it to demonstrate resuming.
     - ``meta``: JSON-able description of the run (e.g. the recipe), stored in the checkpoint.
     - ``progress``: a progress bar and a one-line summary at the end (rank 0).
+    - ``fused_adamw``: AdamW's fused kernel (:func:`make_optimizer`); ``None``: on CUDA only.
 
     Raises ``FloatingPointError`` (before updating the weights, without writing a checkpoint)
     when the loss or the gradient norm is NaN/inf.
@@ -464,7 +553,7 @@ def train(
 
     names = _group_names(unwrap(model), param_groups)
     wrapped = wrap_model(model, parallel, device)
-    opt = make_optimizer(wrapped, cfg, _names=names)
+    opt = make_optimizer(wrapped, cfg, fused=fused_adamw, _names=names)
     trainable = [p for g in opt.param_groups for p in g["params"]]
     torch.manual_seed(cfg.seed + info.rank)
     if state is not None:
@@ -509,6 +598,8 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             sums: dict[str, torch.Tensor] = {}
+            tokens: torch.Tensor | None = None  # token-mean loss: this process's tokens of the step
+            first: torch.Tensor | None = None  # the first micro-batch's tokens on all processes
             for micro in range(accum):
                 batch = get_batch(step * accum + micro)
                 rows = batch_rows(batch)
@@ -521,13 +612,35 @@ def train(
                 with gradient_sync(wrapped, parallel, enabled=micro == accum - 1):
                     with _autocast(device, cfg.amp_dtype):
                         out = _scalars(loss_fn(wrapped, batch))
-                    scaler.scale(out["loss"] / accum).backward()
+                    if micro > 0 and ("tokens" in out) != (tokens is not None):
+                        raise ValueError(
+                            "loss_fn returned 'tokens' for some micro-batches and not for others; "
+                            "a token-mean loss returns its count every time (see pali3_edu.train)."
+                        )
+                    if "tokens" in out:  # weight tokens / (tokens of the step), see the module docstring
+                        count = _count(out["tokens"], device)
+                        if first is None:  # the scale of the weights, the same on every process
+                            first = _all_reduce_sum(count, info.distributed).clamp_min(1)
+                        weight = count * info.world_size / (first * accum)
+                        scaler.scale(out["loss"] * weight).backward()
+                        tokens = count if tokens is None else tokens + count
+                    else:
+                        scaler.scale(out["loss"] / accum).backward()
                 for k, v in out.items():
                     if hasattr(v, "full_tensor"):  # FSDP: a value read from a sharded parameter
                         v = v.full_tensor()
                     v = v.detach().float().reshape(()) if isinstance(v, torch.Tensor) else torch.tensor(float(v))
-                    sums[k] = sums[k] + v / accum if k in sums else v / accum
+                    if k == "tokens":
+                        continue
+                    if k == "loss" and tokens is not None:  # summed; divided by all the tokens when logged
+                        v = v.to(device, _log_dtype(device)) * count.to(_log_dtype(device))
+                        sums[k] = sums[k] + v if k in sums else v
+                    else:
+                        sums[k] = sums[k] + v / accum if k in sums else v / accum
             scaler.unscale_(opt)  # no-op without fp16
+            if tokens is not None and accum > 1:
+                # the weights divided by accum times the first micro-batch's tokens: now by all of them
+                _scale_gradients(trainable, first * accum / _all_reduce_sum(tokens, info.distributed))
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 trainable, cfg.grad_clip if cfg.grad_clip is not None else float("inf"))
             if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, replicated on every rank
@@ -538,13 +651,14 @@ def train(
             if info.distributed:
                 finite = all_reduce_max((~finite).float().to(device)) == 0
             if not bool(finite):  # the one host sync of the step
-                raise _non_finite(step, start, state, ckpt, sums["loss"], grad_norm, cfg)
+                loss = sums["loss"] if tokens is None else sums["loss"] / tokens.clamp_min(1)
+                raise _non_finite(step, start, state, ckpt, loss, grad_norm, cfg)
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)
             last = step == cfg.steps - 1
             if step % cfg.log_every == 0 or last:
-                logged = _reduce_logs(sums, grad_norm, device, info.distributed)
+                logged = _reduce_logs(sums, grad_norm, device, info.distributed, tokens)
                 history.rows.append({"step": float(step), "lr": lr, **logged})
                 if bar is not None:
                     bar.set_postfix(loss=f"{logged['loss']:.3f}", refresh=False)

@@ -1,4 +1,5 @@
-"""The shared training loop: schedule, exact resume, parameter groups, refusals with clear errors."""
+"""The shared training loop: schedule, exact resume, parameter groups, token-mean losses under
+gradient accumulation, fused AdamW, refusals with clear errors."""
 
 import json
 import math
@@ -319,3 +320,139 @@ def test_mixed_precision_trains_and_resumes_exactly(tmp_path, amp):
     resumed = load_checkpoint(tmp_path / "part")["model"]
     for k, v in full.state_dict().items():
         assert torch.equal(v, resumed[k])
+
+
+# ---------------------------------------------------------------------------------------------
+# Token-mean losses: the step's loss is the mean over every token of the step
+# ---------------------------------------------------------------------------------------------
+
+TOKENS = 6  # positions per row; a mask says how many of them count
+
+
+def token_batch(i: int, rows: int = 8) -> dict[str, torch.Tensor]:
+    """Micro-batch ``i`` of a per-token regression with padding: ``x`` ``(rows, 6, 4)``, ``mask``
+    ``(rows, 6)``. Even ``i``: the first half of the rows is long (4-6 tokens) and the second half
+    short (1-2), so two processes hold very different counts; odd ``i``: one token per row, so
+    micro-batches differ too (the even ones hold at least 20 tokens, the odd ones 8)."""
+    g = torch.Generator().manual_seed(1000 + i)
+    x = torch.randn(rows, TOKENS, 4, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1 * torch.randn(rows, TOKENS, 1, generator=g)
+    half = rows // 2
+    if i % 2 == 0:
+        lengths = torch.cat([torch.randint(4, TOKENS + 1, (half,), generator=g),
+                             torch.randint(1, 3, (rows - half,), generator=g)])
+    else:
+        lengths = torch.ones(rows, dtype=torch.long)
+    mask = torch.arange(TOKENS)[None] < lengths[:, None]
+    return {"x": x, "y": y, "mask": mask}
+
+
+def token_loss(model: nn.Module, batch) -> dict[str, torch.Tensor]:
+    """The mean squared error over the tokens the mask keeps, and how many there were."""
+    se = ((model(batch["x"]) - batch["y"]) ** 2).squeeze(-1)
+    mask = batch["mask"]
+    return {"loss": (se * mask).sum() / mask.sum().clamp_min(1), "tokens": mask.sum()}
+
+
+def _two_micro_batches_as_one(step: int) -> dict[str, torch.Tensor]:
+    a, b = token_batch(2 * step), token_batch(2 * step + 1)
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def test_token_mean_with_grad_accum_equals_one_batch():
+    """grad_accum=2 over micro-batches with unequal token counts trains exactly like grad_accum=1
+    on the two of them as one batch: each micro-batch weighs its tokens, not its mean."""
+    cfg = dict(steps=20, lr=0.1, warmup_steps=2, log_every=1)
+    one, two = _model(), _model()
+    h_one = train(one, token_loss, _two_micro_batches_as_one, TrainConfig(**cfg), progress=False)
+    h_two = train(two, token_loss, token_batch, TrainConfig(**cfg, grad_accum=2), progress=False)
+    counts = [(int(token_batch(2 * s)["mask"].sum()), int(token_batch(2 * s + 1)["mask"].sum())) for s in range(20)]
+    assert all(a >= 2 * b for a, b in counts)  # the micro-batches really are unequal
+    assert h_two.losses == pytest.approx(h_one.losses, rel=1e-6, abs=1e-7)
+    assert h_two.column("tokens") == h_one.column("tokens") == [float(a + b) for a, b in counts]
+    for a, b in zip(one.parameters(), two.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    assert h_one.losses[-1] < 0.5 * h_one.losses[0]  # it trained: the comparison means something
+    # the mean of the two micro-batch means is another number: the test can tell them apart
+    with torch.no_grad():
+        model = _model()
+        means = [float(token_loss(model, token_batch(i))["loss"]) for i in (0, 1)]
+        exact = float(token_loss(model, _two_micro_batches_as_one(0))["loss"])
+    assert abs(sum(means) / 2 - exact) > 1e-2 * exact
+    assert h_one.losses[0] == pytest.approx(exact, rel=1e-6)
+
+
+def test_token_mean_in_one_batch_is_bit_identical_to_the_plain_loss():
+    """One process, no accumulation: reporting the count changes nothing (the lessons' runs)."""
+    def plain(model, batch):
+        return token_loss(model, batch)["loss"]
+
+    cfg = TrainConfig(steps=6, lr=0.05, warmup_steps=2, log_every=1)
+    a, b = _model(), _model()
+    h_plain = train(a, plain, token_batch, cfg, progress=False)
+    h_tokens = train(b, token_loss, token_batch, cfg, progress=False)
+    assert h_tokens.losses == h_plain.losses
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_bad_token_counts_are_refused():
+    def negative(model, batch):
+        return {"loss": token_loss(model, batch)["loss"], "tokens": -3}
+
+    with pytest.raises(TypeError, match=r"number of tokens the loss averaged over"):
+        train(_model(), negative, token_batch, CFG, progress=False)
+
+    calls = []
+
+    def sometimes(model, batch):  # the count with the first micro-batch only
+        calls.append(1)
+        out = token_loss(model, batch)
+        return out if len(calls) == 1 else {"loss": out["loss"]}
+
+    with pytest.raises(ValueError, match="'tokens' for some micro-batches and not for others"):
+        train(_model(), sometimes, token_batch, TrainConfig(steps=2, grad_accum=2), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused AdamW
+# ---------------------------------------------------------------------------------------------
+
+
+def test_make_optimizer_fused_choice():
+    from pali3_edu.train import make_optimizer
+
+    model = _model()
+    assert make_optimizer(model, CFG, fused=True).defaults["fused"] is True
+    assert not make_optimizer(model, CFG, fused=False).defaults["fused"]
+    assert not make_optimizer(model, CFG).defaults["fused"]  # auto: fused on CUDA only, this is a CPU
+
+
+def test_fused_adamw_trains_like_the_default(tmp_path, monkeypatch):
+    """PyTorch's CPU kernel of fused AdamW: the same weights (to rounding) after a few steps, and
+    train() really builds the fused optimizer; resuming a fused run is exact."""
+    import pali3_edu.train as train_module
+
+    built = []
+    make = train_module.make_optimizer
+
+    def spy(*args, **kwargs):
+        opt = make(*args, **kwargs)
+        built.append(opt.defaults["fused"])
+        return opt
+
+    monkeypatch.setattr(train_module, "make_optimizer", spy)
+    cfg = TrainConfig(steps=8, lr=0.02, warmup_steps=2, log_every=1)
+    plain, fused = _model(), _model()
+    h_plain = train(plain, _loss, _batch, cfg, progress=False, fused_adamw=False)
+    h_fused = train(fused, _loss, _batch, cfg, checkpoint=tmp_path / "full", progress=False, fused_adamw=True)
+    assert [bool(b) for b in built] == [False, True]
+    assert h_fused.losses == pytest.approx(h_plain.losses, rel=1e-5)
+    for a, b in zip(plain.parameters(), fused.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(plain[0].weight, _model()[0].weight)  # it moved
+    train(_model(), _loss, _batch, cfg, checkpoint=tmp_path / "part", progress=False, fused_adamw=True, stop_after=3)
+    resumed = _model()
+    train(resumed, _loss, _batch, cfg, checkpoint=tmp_path / "part", progress=False, fused_adamw=True)
+    for a, b in zip(fused.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)

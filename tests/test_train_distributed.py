@@ -1,5 +1,7 @@
 """``train`` under two processes (gloo on CPU) equals ``train`` in one process on the same global
-batch: DDP, DDP with gradient accumulation, FSDP2 with parameter groups, and resuming each."""
+batch: DDP, DDP with gradient accumulation, FSDP2 with parameter groups, and resuming each; for a
+mean over rows and for a token-mean loss whose ranks hold very different numbers of tokens
+(``tokens_*``: the loop weighs each rank's mean by its count, see ``pali3_edu.train``)."""
 
 import datetime
 import os
@@ -10,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_train import token_batch, token_loss
 from torch import nn
 
 from pali3_edu.train import ParamGroup, TrainConfig, load_checkpoint, train
@@ -32,6 +35,11 @@ def _loss(model: nn.Module, batch) -> torch.Tensor:
     return ((model(batch["x"]) - batch["y"]) ** 2).mean()
 
 
+def _token_loss(model: nn.Module, batch) -> dict[str, torch.Tensor]:
+    SEEN.append(batch["x"].detach().clone())
+    return token_loss(model, batch)
+
+
 def _model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
@@ -45,7 +53,16 @@ SCENARIOS = {
     "ddp": {"cfg": {"parallel": "ddp"}, "groups": False},
     "ddp_accum2": {"cfg": {"parallel": "ddp", "grad_accum": 2}, "groups": False},
     "fsdp_accum2_groups": {"cfg": {"parallel": "fsdp", "grad_accum": 2}, "groups": True},
+    # rank 0 holds 16-24 tokens of the even micro-batches, rank 1 only 4-8
+    "tokens_ddp": {"cfg": {"parallel": "ddp"}, "groups": False, "tokens": True},
+    "tokens_ddp_accum2": {"cfg": {"parallel": "ddp", "grad_accum": 2}, "groups": False, "tokens": True},
+    "tokens_fsdp_accum2_groups": {"cfg": {"parallel": "fsdp", "grad_accum": 2}, "groups": True, "tokens": True},
 }
+
+
+def _data(name: str):
+    """The scenario's loss and batches."""
+    return (_token_loss, token_batch) if SCENARIOS[name].get("tokens") else (_loss, _batch)
 
 
 def _run(name: str, folder: str, parallel: bool, stop_after: int | None = None, resume: bool = False):
@@ -54,7 +71,8 @@ def _run(name: str, folder: str, parallel: bool, stop_after: int | None = None, 
     if not parallel:
         cfg["parallel"] = "none"
     model = _model()
-    history = train(model, _loss, _batch, TrainConfig(**cfg), checkpoint=os.path.join(folder, name),
+    loss, batches = _data(name)
+    history = train(model, loss, batches, TrainConfig(**cfg), checkpoint=os.path.join(folder, name),
                     device="cpu", progress=False, stop_after=stop_after,
                     param_groups=_groups(model) if spec["groups"] else None)
     return history
@@ -131,15 +149,19 @@ def test_two_processes_equal_one(runs, name, tmp_path):
     ref = load_checkpoint(tmp_path / name)["model"]
     got = load_checkpoint(os.path.join(folder, name))  # written by rank 0 (FSDP: gathered)
     assert got["step"] == BASE["steps"] and got["world_size"] == WORLD
-    for rank in ranks:  # logged losses are averaged over the ranks: the global-batch loss
+    for rank in ranks:  # logged losses are reduced over the ranks: the global-batch loss
         assert rank[name]["losses"] == pytest.approx(single.losses, rel=1e-6, abs=1e-6)
     assert len(single.losses) == BASE["steps"]
     assert single.losses[-1] < 0.5 * single.losses[0]  # it trained: the comparison means something
     accum = SCENARIOS[name]["cfg"].get("grad_accum", 1)
+    _, batches = _data(name)
     for r, rank in enumerate(ranks):  # rank r trained on its contiguous half of each micro-batch
         for i, rows in enumerate(rank[name]["seen"]):
             assert rows.shape[0] == 8 // WORLD
-            assert torch.equal(rows, _batch(i)["x"][r * 4:(r + 1) * 4]), (r, i, accum)
+            assert torch.equal(rows, batches(i)["x"][r * 4:(r + 1) * 4]), (r, i, accum)
+    if SCENARIOS[name].get("tokens"):  # the ranks' counts differ: a mean of their means would not do
+        counts = [int(batches(0)["mask"][r * 4:(r + 1) * 4].sum()) for r in range(WORLD)]
+        assert counts[0] >= 2 * counts[1], counts
     assert set(got["model"]) == set(ref)
     for k in ref:
         torch.testing.assert_close(got["model"][k], ref[k], rtol=1e-6, atol=1e-6)

@@ -326,11 +326,17 @@ def build_data(recipe: Recipe, tokenizer: Any):
                           cfg.max_prompt_len, cfg.max_answer_len, seed=recipe.train.seed)
 
 
-def loss_fn(recipe: Recipe):
-    """``loss_fn(model, batch)``: the answer-token cross-entropy (the model's own loss)."""
+def loss_fn(recipe: Recipe, *, count_tokens: bool = False):
+    """``loss_fn(model, batch)``: the answer-token cross-entropy (the model's own loss, a mean over
+    the answer tokens). ``count_tokens=True`` (what the training stages use) returns
+    ``{"loss": ..., "tokens": number of answer tokens}`` instead, so that the training loop takes
+    the mean over every answer token of a step, however they are split over processes and
+    micro-batches (:mod:`pali3_edu.train`). Every answer ends with EOS: never zero tokens."""
 
-    def fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
         out = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], labels=batch["labels"])
+        if count_tokens:
+            return {"loss": out.loss, "tokens": (batch["labels"] != IGNORE_INDEX).sum()}
         return out.loss
 
     return fn
@@ -339,7 +345,8 @@ def loss_fn(recipe: Recipe):
 for _name in ("pali3-stage1", "pali3-stage2", "pali3-transfer"):
     register_stage(Stage(
         name=_name, presets=_presets(_name), build_model=build_model, build_data=build_data,
-        loss_fn=loss_fn, param_groups=param_groups, init=init, tokenizer=stage_tokenizer,
+        loss_fn=lambda recipe: loss_fn(recipe, count_tokens=True), param_groups=param_groups, init=init,
+        tokenizer=stage_tokenizer,
     ))
 
 STAGES = ("pali3-stage1", "pali3-stage2", "pali3-transfer")

@@ -10,8 +10,10 @@ Pipeline (all deterministic):
 3. **denoising** -- each chunk of a batch gets a denoiser from the mixture
    (:func:`pali3_edu.ul2.ul2_batch`); ``get_batch(step)`` draws the chunks *and* the denoisers
    from a generator seeded by ``step``, so training resumes exactly after an interruption;
-4. **training** -- :func:`pali3_edu.train.train`, loss = mean cross-entropy over target tokens,
-   also logged per denoiser kind (R / X / S);
+4. **training** -- :func:`pali3_edu.train.train`, loss = mean cross-entropy over target tokens
+   (returned with its token count, so that the loop's mean is over the tokens of the whole
+   step, however they are split over processes and micro-batches), also logged per denoiser
+   kind (R / X / S);
 5. **validation** -- a fixed set of val chunks, corrupted once per denoiser, gives one loss per
    denoiser, next to a unigram baseline (the loss of always predicting the token frequencies).
 
@@ -174,13 +176,17 @@ def token_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
 
 def make_loss_fn(mixture: UL2Mixture):
     """``loss_fn(model, batch)`` for :func:`pali3_edu.train.train`: the mean target-token
-    cross-entropy, plus the same per denoiser kind (``loss_R``, ``loss_X``, ``loss_S``) for
-    the kinds present in the batch (logged, not optimised separately)."""
+    cross-entropy and ``tokens``, the number of target tokens it averaged (the loop weighs each
+    process's and micro-batch's mean by it: the step's loss is the mean over all its tokens),
+    plus the same loss per denoiser kind (``loss_R``, ``loss_X``, ``loss_S``) for the kinds
+    present in the batch (logged, not optimised separately; averaged over micro-batches and
+    processes, not weighted by their tokens)."""
     kinds = [d.kind for d in mixture.denoisers]
 
     def loss_fn(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         ce, mask = token_losses(model, batch)
-        out = {"loss": ce.sum() / mask.sum()}
+        tokens = mask.sum()
+        out = {"loss": ce.sum() / tokens.clamp_min(1), "tokens": tokens}
         with torch.no_grad():
             kind_of_row = [kinds[int(d)] for d in batch["denoiser"]]
             for kind in sorted(set(kind_of_row)):

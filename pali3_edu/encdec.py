@@ -280,7 +280,8 @@ def causal_block_mask(query_length: int, key_length: int, device: torch.device |
         return kv_idx <= q_idx + offset
 
     create_block_mask = _flex_functions()[1]
-    return create_block_mask(causal, None, None, query_length, key_length, device=device)
+    return create_block_mask(causal, None, None, query_length, key_length,
+                             device="cpu" if device is None else device)  # None: CPU, as causal_mask
 
 
 def _flex_attention(q: Tensor, k: Tensor, v: Tensor, bias: FlexBias) -> Tensor:

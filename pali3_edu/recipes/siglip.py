@@ -169,14 +169,32 @@ def load_caption_pairs(
 
 def contrastive_loss_fn(kind: LossKind = "sigmoid") -> Callable[[SigLIP, dict], dict[str, Tensor]]:
     """``loss_fn(model, batch)`` for :func:`pali3_edu.train.train`: the loss, plus ``t`` and ``b``
-    so the training history shows how the temperature and bias move."""
+    so the training history shows how the temperature and bias move.
+
+    Under several processes (``torchrun``, DDP) each holds its share of the batch, and the
+    sigmoid loss uses :func:`pali3_edu.siglip.distributed_sigmoid_loss`: every image is scored
+    against every text of the *global* batch (the text embeddings travel round a ring of
+    processes), as one process would score them, and the loss is the global batch's. That
+    function's backward pass gives each process its share of the gradient, whose *sum* over the
+    processes is the global gradient; DDP averages, so the gradient (not the value) is scaled by
+    the number of processes. The softmax (CLIP) loss stays per process."""
+    import torch.distributed as dist
+
+    from pali3_edu.siglip import distributed_sigmoid_loss
+
     if kind not in ("sigmoid", "softmax"):
         raise ValueError(f"kind must be 'sigmoid' or 'softmax', got {kind!r}")
 
     def loss_fn(model: SigLIP, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        out = model(batch["pixel_values"], batch["input_ids"], loss=kind)  # through DDP's forward
         inner = unwrap(model)  # under DDP the parameters live on the wrapped module
-        return {"loss": out.loss, "t": inner.t_prime.detach().exp(), "b": inner.bias.detach()}
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if kind == "sigmoid" and world > 1:
+            out = model(batch["pixel_values"], batch["input_ids"], loss="none")  # through DDP's forward
+            loss = distributed_sigmoid_loss(out.image_emb, out.text_emb, inner.t_prime, inner.bias)
+            loss = loss.detach() + world * (loss - loss.detach())  # value: the loss; gradient: world x share
+        else:
+            loss = model(batch["pixel_values"], batch["input_ids"], loss=kind).loss  # through DDP's forward
+        return {"loss": loss, "t": inner.t_prime.detach().exp(), "b": inner.bias.detach()}
 
     return loss_fn
 

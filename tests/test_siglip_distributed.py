@@ -1,0 +1,123 @@
+"""SigLIP under two processes (gloo on CPU) trains like one process on the same global batch: the
+stage's loss (``contrastive_loss_fn``) scores every image against every text of the *global*
+batch with ``distributed_sigmoid_loss`` (the texts travel round a ring of processes), so the
+loss, the gradients and the weights equal those of one process that sees the whole batch."""
+
+import datetime
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from pali3_edu.config import SigLIPConfig, TextConfig, ViTConfig
+from pali3_edu.recipes.siglip import contrastive_loss_fn
+from pali3_edu.siglip import SigLIP, sigmoid_loss
+from pali3_edu.train import TrainConfig, load_checkpoint, train
+
+WORLD = 2
+ROWS = 8  # the global batch: 4 image-text pairs per process
+BASE = {"steps": 6, "lr": 3e-3, "warmup_steps": 1, "log_every": 1}
+# (FSDP2 cannot shard SigLIP: its temperature and bias are 0-d parameters, which fully_shard refuses)
+SCENARIOS = {"ddp": {"parallel": "ddp"}, "ddp_accum2": {"parallel": "ddp", "grad_accum": 2}}
+
+
+def _model() -> SigLIP:
+    torch.manual_seed(0)
+    cfg = SigLIPConfig(vision=ViTConfig(image_size=16, patch_size=8, width=32, depth=1, mlp_dim=64, heads=2),
+                       text=TextConfig(vocab_size=50, width=32, depth=1, mlp_dim=64, heads=2, max_len=6),
+                       embed_dim=32)
+    return SigLIP(cfg)
+
+
+def _batch(i: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(i)
+    return {"pixel_values": torch.rand(ROWS, 3, 16, 16, generator=g) * 2 - 1,
+            "input_ids": torch.randint(0, 50, (ROWS, 6), generator=g)}
+
+
+def _run(name: str, folder: str, parallel: bool):
+    cfg = dict(BASE, **SCENARIOS[name])
+    if not parallel:
+        cfg["parallel"] = "none"
+    model = _model()
+    return train(model, contrastive_loss_fn("sigmoid"), _batch, TrainConfig(**cfg),
+                 checkpoint=os.path.join(folder, name), device="cpu", progress=False)
+
+
+def _worker(rank, world, port, folder):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    try:
+        out = {name: _run(name, folder, parallel=True).rows for name in SCENARIOS}
+        # the loss function alone: this rank's gradient share of the global loss
+        model = _model()
+        batch = {k: v[rank * ROWS // world:(rank + 1) * ROWS // world] for k, v in _batch(0).items()}
+        loss = contrastive_loss_fn("sigmoid")(model, batch)["loss"]
+        loss.backward()
+        out["loss_fn"] = {"loss": loss.detach(), "grads": {n: p.grad for n, p in model.named_parameters()}}
+        torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("siglip_dist"))
+    ctx = mp.start_processes(_worker, args=(WORLD, _free_port(), folder), nprocs=WORLD, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + 240
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail("distributed workers did not finish within 240 s")
+    return folder, [torch.load(os.path.join(folder, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
+
+
+def test_loss_fn_scores_the_global_batch(runs):
+    """Each process's loss is the one-process loss of the global batch; DDP averages the
+    processes' gradients, and that average is the one-process gradient."""
+    _, ranks = runs
+    model = _model()
+    out = model(_batch(0)["pixel_values"], _batch(0)["input_ids"])
+    ref = sigmoid_loss(out.image_emb, out.text_emb, model.t_prime, model.bias)
+    ref.backward()
+    # a process that scored only its own 4 pairs would get another number
+    local = sigmoid_loss(out.image_emb[:4], out.text_emb[:4], model.t_prime, model.bias)
+    assert abs(local.item() - ref.item()) > 1e-3
+    for rank in ranks:
+        torch.testing.assert_close(rank["loss_fn"]["loss"], ref.detach(), rtol=1e-6, atol=1e-6)
+    for name, p in model.named_parameters():
+        mean = sum(rank["loss_fn"]["grads"][name] for rank in ranks) / WORLD
+        torch.testing.assert_close(mean, p.grad, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_two_processes_train_like_one(runs, name, tmp_path):
+    folder, ranks = runs
+    single = _run(name, str(tmp_path), parallel=False)
+    for rank in ranks:
+        assert [r["loss"] for r in rank[name]] == pytest.approx(single.losses, rel=1e-6, abs=1e-6)
+        assert [r["t"] for r in rank[name]] == pytest.approx(single.column("t"), rel=1e-6)
+    assert single.losses[-1] < single.losses[0]  # it trained
+    got = load_checkpoint(os.path.join(folder, name))
+    ref = load_checkpoint(tmp_path / name)
+    assert got["world_size"] == WORLD
+    # the key biases cannot change attention (a softmax ignores a shift shared by every key): their
+    # gradient is zero up to rounding, and AdamW's normalisation turns rounding noise into full
+    # steps, so they differ between any two runs that sum in another order
+    bad = [k for k, v in ref["model"].items() if not k.endswith("attn.k.bias")
+           and not torch.allclose(got["model"][k], v, rtol=1e-5, atol=1e-6)]
+    assert not bad, bad

@@ -29,6 +29,18 @@ folder, by default the cache folder ``data/runs/<stage>-<preset>/``:
   fingerprint, the upstream runs it started from, and how it was run (device, processes, speed);
 - ``metrics.jsonl``: the training history, one JSON object per logged step.
 
+Starting from public checkpoints: ``--init siglip=PATH_OR_HUB_ID t5=PATH_OR_HUB_ID`` starts PaLI-3
+stage 1 from a public SigLIP and a T5 / Flan-T5 / UL2 (each a local folder or a Hugging Face Hub
+name, see :func:`pali3_edu.recipes.pali3.pretrained_recipe`) instead of the course's own SigLIP
+and UL2 runs: the model's sizes come from the checkpoints' configs and the vocabulary is T5's
+plus the course's tokens. ``--recipe all --init ...`` then trains stage 1, stage 2 and transfer
+(the ``siglip`` and ``ul2`` stages are skipped); stage 2 and transfer keep stage 1's model at
+their own resolution (the preset's ratio to stage 1's, e.g. 224 → 448 px), and T5's vocabulary
+may need longer texts (``--set model.max_prompt_len=64``)::
+
+    python -m pali3_edu.train --recipe all --preset h100 \\
+        --init siglip=google/siglip-base-patch16-224 t5=google/flan-t5-base
+
 ``--run-dir DIR`` puts one stage's run folder elsewhere (a Google Drive folder on Colab survives a
 disconnect). Under ``torchrun`` every process trains its share of each batch and only rank 0
 prints and writes. Speed paths (:mod:`pali3_edu.speed`): ``--compile``, ``--checkpointing``,
@@ -100,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
     p.add_argument("--run-dir", help="this stage's run folder instead of data/runs/<stage>-<preset> "
                                      "(one stage only; a new, empty or earlier run folder)")
+    p.add_argument("--init", nargs="+", metavar="TOWER=PATH_OR_HUB_ID",
+                   help="start PaLI-3 stage 1 from public checkpoints: siglip=... t5=... (local folders or "
+                        "Hub names); with --recipe all the siglip and ul2 stages are skipped")
     p.add_argument("--retrain", action="store_true", help="delete the cached run(s) first and train again")
     p.add_argument("--quiet", action="store_true", help="no progress bars (the summary lines stay)")
     speed = p.add_argument_group("speed paths (pali3_edu.speed; the recipe and its cache stay the same)")
@@ -223,41 +238,114 @@ def _default_device() -> torch.device:
 # ---------------------------------------------------------------------------------------------
 
 
-def stages_of(name: str) -> list[str]:
-    """``"all"`` → the stages in training order; a stage name → ``[name]``."""
+def stages_of(name: str, init: dict[str, str] | None = None) -> list[str]:
+    """``"all"`` → the stages in training order; a stage name → ``[name]``. With ``init`` (public
+    checkpoints, :func:`parse_init`), ``"all"`` leaves out ``siglip`` and ``ul2``: PaLI-3 starts
+    from the checkpoints instead."""
     if name == "all":
-        return list(STAGE_ORDER)
+        return [s for s in STAGE_ORDER if not init or s.startswith("pali3-")]
     known = sorted({r.split(":")[0] for r in list_recipes()})
     if name not in known:
         raise UsageError(f"Unknown recipe {name!r}. Recipes: {', '.join(STAGE_ORDER)}, all "
                          f"(registered stages: {', '.join(known)}).")
+    if init and not name.startswith("pali3-"):
+        raise UsageError(f"--init starts PaLI-3 from public checkpoints; the {name} stage trains from scratch. "
+                         "Use --recipe pali3-stage1 (or all, which then skips siglip and ul2), or leave out --init.")
     return [name]
 
 
-def resolve_recipes(stages: Sequence[str], preset: str, overrides_of) -> list[Recipe]:
+INIT_TOWERS = ("siglip", "t5")
+
+
+def parse_init(items: Sequence[str] | None) -> dict[str, str] | None:
+    """``["siglip=google/siglip-base-patch16-224", "t5=./flan-t5"]`` → ``{"siglip": ..., "t5": ...}``
+    (``None`` without ``--init``). A value that names an existing local folder becomes its absolute
+    path (so later runs from another folder find it); anything else is a Hub name."""
+    if not items:
+        return None
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or key not in INIT_TOWERS or not value:
+            raise UsageError(f"--init {item!r}: write siglip=PATH_OR_HUB_ID t5=PATH_OR_HUB_ID, e.g. --init "
+                             "siglip=google/siglip-base-patch16-224 t5=google/flan-t5-base.")
+        if key in out:
+            raise UsageError(f"--init names {key} twice ({out[key]!r} and {value!r}); give it once.")
+        local = Path(value).expanduser()
+        out[key] = str(local.resolve()) if local.exists() else value
+    missing = [t for t in INIT_TOWERS if t not in out]
+    if missing:
+        raise UsageError(f"--init needs both towers: add {' '.join(f'{t}=...' for t in missing)} "
+                         "(a SigLIP for the image tower and a T5 / Flan-T5 / UL2 for the encoder-decoder).")
+    return out
+
+
+def _init_recipe(stage: str, preset: str, init: dict[str, str], previous: Recipe | None) -> Recipe:
+    """The recipe a stage starts from under ``--init``: stage 1 from the public checkpoints
+    (:func:`~pali3_edu.recipes.pali3.pretrained_recipe`); stage 2 and transfer with the model of
+    the stage before them (``previous``, as resolved) at their own resolution: the preset's ratio
+    of theirs to stage 1's, times the resolution stage 1 actually trains at."""
+    from pali3_edu.recipes.pali3 import pretrained_recipe
+
+    if stage == "pali3-stage1":
+        try:
+            return pretrained_recipe(init["siglip"], init["t5"], preset)
+        except (OSError, ValueError) as err:  # a missing folder, no internet, not a SigLIP / T5
+            raise UsageError(f"--init: {err}") from None
+    own = get_recipe(stage, preset)
+    if previous is None:
+        raise UsageError(f"--init with {stage}: the chain from pali3-stage1 is needed (internal error).")
+    prev = previous.model
+    ratio = own.model.vision.image_size / get_recipe(previous.stage, preset).model.vision.image_size
+    patch = prev.vision.patch_size
+    size = max(patch, round(prev.vision.image_size * ratio / patch) * patch)
+    model = dataclasses.replace(prev, vision=dataclasses.replace(prev.vision, image_size=size))
+    return dataclasses.replace(own, model=model)
+
+
+def _fit_input_length(recipe: Recipe) -> Recipe:
+    """A PaLI-3 recipe whose encoder accepts every visual token plus the longest prompt (T5's
+    relative positions have no fixed length; ``max_input_length`` is only the check)."""
+    cfg = recipe.model
+    if not hasattr(cfg, "max_prompt_len"):
+        return recipe
+    need = cfg.vision.num_patches + cfg.max_prompt_len
+    if cfg.text.max_input_length >= need:
+        return recipe
+    text = dataclasses.replace(cfg.text, max_input_length=need)
+    return dataclasses.replace(recipe, model=dataclasses.replace(cfg, text=text))
+
+
+def resolve_recipes(stages: Sequence[str], preset: str, overrides_of,
+                    init: dict[str, str] | None = None) -> list[Recipe]:
     """The recipe of each stage with its overrides. A changed recipe is registered as a preset of
     its own, ``<preset>-<fingerprint[:8]>``, and the later stages of the chain start from it
     (their ``upstream`` is renamed), so ``--recipe all --steps 5`` chains the 5-step runs.
     Overrides that leave the fingerprint as it is (a preset's own values, ``log_every``) keep the
-    preset's name and cache."""
+    preset's name and cache. ``init`` (:func:`parse_init`): PaLI-3 starts from public
+    checkpoints (:func:`_init_recipe`); ``stages`` must then run from ``pali3-stage1`` on."""
     for stage in stages:
         spec = get_stage(stage)
         if preset not in spec.presets:
             raise UsageError(f"Stage {stage!r} has no preset {preset!r}. Presets: "
                              f"{', '.join(_named_presets(stage))} (--list shows every stage).")
     renamed: dict[tuple[str, str], str] = {}
-    out = []
+    out: list[Recipe] = []
     for stage in stages:
-        recipe = get_recipe(stage, preset)
+        registered = get_recipe(stage, preset)
+        recipe = _init_recipe(stage, preset, init, out[-1] if out else None) if init else registered
         overrides = overrides_of(stage, recipe)
         upstream = {role: (s, renamed.get((s, p), p)) for role, (s, p) in recipe.upstream.items()}
         try:
             changed = recipe.replace(**overrides) if overrides else recipe
         except (ValueError, TypeError) as err:
             raise UsageError(f"{stage}: {err}") from None
+        if init:
+            changed = _fit_input_length(changed)
         if upstream != recipe.upstream:
             changed = dataclasses.replace(changed, upstream=upstream)
-        if changed is not recipe and changed.fingerprint() != recipe.fingerprint():
+        if changed is not registered and changed.fingerprint() != registered.fingerprint():
             name = f"{preset}-{changed.fingerprint()[:8]}"
             changed = dataclasses.replace(changed, preset=name)
             get_stage(stage).presets[name] = changed  # so that get_recipe(stage, name) finds it
@@ -414,19 +502,28 @@ def _run(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda, but PyTorch sees no CUDA GPU: use --device cpu (or install "
                          "a CUDA build of PyTorch).")
-    stages = stages_of(args.recipe)
+    init = parse_init(args.init)
+    stages = stages_of(args.recipe, init)
     if len(stages) > 1 and args.run_dir:
         raise UsageError("--run-dir names one stage's folder. To keep every stage of --recipe all "
                          "elsewhere, point PALI3_EDU_DATA at that place (the whole cache moves).")
-    settings = parse_settings(args.settings, stages)
+    # --init with a later stage alone: its recipe follows the chain from stage 1 (which its
+    # training loads, or trains first, as it would without --init)
+    chain = list(STAGE_ORDER[STAGE_ORDER.index("pali3-stage1"):STAGE_ORDER.index(stages[-1]) + 1]) \
+        if init else stages
+    settings = parse_settings(args.settings, chain)
     speed = SpeedSettings(compile=args.compile, compile_backend=args.compile_backend,
                           compile_mode=args.compile_mode, checkpointing=args.checkpointing,
                           bucket=args.bucket, attention=args.attention)
     cache_name = _cache_name(args)
     info = setup_distributed(args.device)  # joins the process group under torchrun
     device = torch.device(args.device) if args.device else None
-    recipes = resolve_recipes(stages, args.preset,
-                              lambda stage, recipe: stage_overrides(stage, recipe, args, settings, device))
+    recipes = resolve_recipes(chain, args.preset,
+                              lambda stage, recipe: stage_overrides(stage, recipe, args, settings, device), init)
+    recipes = [r for r in recipes if r.stage in stages]
+    if info.is_main and init:
+        print(f"--init: pali3-stage1 starts from siglip={init['siglip']} t5={init['t5']} "
+              "(the siglip and ul2 stages are not used)")
     if info.is_main and speed.active:
         print(f"speed paths: {speed.describe()}")
     results = []
@@ -443,7 +540,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["StageResult", "UsageError", "build_parser", "main", "parse_settings", "parse_value",
+__all__ = ["StageResult", "UsageError", "build_parser", "main", "parse_init", "parse_settings", "parse_value",
            "resolve_recipes", "stages_of", "write_records"]
 
 

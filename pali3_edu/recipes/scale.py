@@ -25,6 +25,23 @@ The real size (all three GPU presets): a SigLIP **ViT-B/16 at 224 px** (``get_co
 1792-token vocabulary). The data is ShapesWorld rendered at 224 px (stage 2 and transfer: 448 px,
 784 patch tokens, which is why the encoder's ``max_input_length`` is raised to 1024).
 
+**Streamed data.** The PaLI-3 stages of the GPU presets do not build a data set: their
+``recipe.data`` is a :class:`StreamedPaLI3Data` (the ``mix`` and ``stage`` settings of every
+PaLI-3 recipe plus ``stream``), and ``build_data`` hands it to :func:`build_streamed_data`, which
+generates each batch from a million training scenes in DataLoader workers while the GPU trains
+(:mod:`pali3_edu.data.streaming`; ``$PALI3_EDU_DATA_WORKERS`` sets the number of workers, which
+never changes a batch). The transfer stage can run on a real data set instead:
+``data.stream.source`` is ``"shapesworld"`` (the default, no download) or a key of
+:data:`pali3_edu.data.hub.HUB_DATASETS` (``"refcoco"``, ``"vqav2"``, ``"textvqa"``,
+``"coco_captions"``), streamed from the Hugging Face hub or read from a local copy
+(``data.stream.hub_path``)::
+
+    python -m pali3_edu.train --recipe pali3-transfer --preset h100 \
+        --set pali3-transfer:data.stream.source=refcoco
+
+or :func:`hub_transfer_recipe`. The ``smoke`` presets keep the lessons' cached data (a few dozen
+scenes, built in a second).
+
 Only the batch size, gradient accumulation, precision and step counts differ between the GPU
 presets. They are **starting points, not measured fits**: the memory figures behind them are
 estimates (about 0.1 GB of activations per example at 224 px in bf16, 0.7 GB at 448 px with
@@ -39,14 +56,15 @@ loss scaler skips steps whose gradients overflow, so training from scratch usual
 the loss turns inf, train that stage in fp32 (``--set train.amp_dtype=null``, about 4x slower on
 a T4) or on a bf16 GPU.
 
-Rendering ShapesWorld is single-threaded (about 25 scenes/s at 224 px, a few per second at 448
-px), so the first run of a GPU preset spends several minutes building its data sets; they are
-cached under ``data/shapesworld/`` and shared by every stage that asks for the same ones.
+SigLIP's contrastive stage still reads a cached data set (``Tier.scenes_224`` scenes at 224 px,
+built once under ``data/shapesworld/`` and shared by every run that asks for the same one); UL2
+reads only text.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from pali3_edu.config import SigLIPConfig, TextConfig, get_config
@@ -117,8 +135,8 @@ class Tier:
     transfer_batch: tuple[int, int]
     steps: dict[str, int]
     checkpoint_every: int
-    scenes_224: int = 20_000
-    scenes_448: int = 5_000
+    scenes_224: int = 20_000  # SigLIP's cached data set
+    stream_scenes: int = 1_000_000  # the PaLI-3 stages draw their streamed scenes from this many
 
 
 TIERS: dict[str, Tier] = {
@@ -127,7 +145,7 @@ TIERS: dict[str, Tier] = {
                      transfer_batch=(8, 4),
                      steps={"siglip": 1500, "ul2": 2000, "pali3-stage1": 1500, "pali3-stage2": 300,
                             "pali3-transfer": 300},
-                     checkpoint_every=100, scenes_224=10_000, scenes_448=3_000),
+                     checkpoint_every=100, scenes_224=10_000),
     # L4, 24 GB (or A100), bf16
     "l4-a100": Tier("bf16", siglip_batch=128, ul2_batch=128, stage1_batch=(64, 1), stage2_batch=(8, 4),
                     transfer_batch=(16, 2),
@@ -143,6 +161,98 @@ TIERS: dict[str, Tier] = {
 }
 
 
+# ---------------------------------------------------------------------------------------------
+# Streamed data for the PaLI-3 stages
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class StreamSettings:
+    """Where a streamed PaLI-3 stage gets its batches (``recipe.data.stream``).
+
+    source: ``"shapesworld"`` (training scenes generated on the fly, from ``mix.num_scenes``
+        seeds, with ``mix.task_weights`` and ``mix.word_prob``) or a key of
+        :data:`pali3_edu.data.hub.HUB_DATASETS` (one task, ``hub_task``; ``mix.num_scenes``,
+        ``task_weights`` and ``word_prob`` do not apply). Either way ``mix.batch_size`` is the
+        batch and ``mix.loc_levels`` quantises the boxes.
+    hub_split: the hub split to train on (``None``: ``HUB_TRAIN_SPLITS[source]``).
+    hub_path: a local folder with the data set's parquet files in the hub's layout, read instead
+        of downloading (``None``: stream from the hub, which needs internet).
+    hub_task: the task (``None``: ``HUB_TASKS[source]``: caption, vqa, vqa, refer).
+    shuffle_buffer: hub rows are shuffled through a buffer of this many.
+    """
+
+    source: str = "shapesworld"
+    hub_split: str | None = None
+    hub_path: str | None = None
+    hub_task: str | None = None
+    shuffle_buffer: int = 10_000
+
+
+@dataclasses.dataclass
+class StreamedPaLI3Data:
+    """The data of a streamed PaLI-3 stage: the ``mix`` (``MultimodalSettings``) and ``stage``
+    (``StageSettings``) of :class:`pali3_edu.recipes.pali3.PaLI3Data`, plus ``stream``
+    (:class:`StreamSettings`). ``build_data`` streams every recipe whose data has ``stream``."""
+
+    mix: Any
+    stage: Any
+    stream: StreamSettings = dataclasses.field(default_factory=StreamSettings)
+
+
+def build_streamed_data(recipe: Recipe, tokenizer: Any, *, num_workers: int | None = None) -> Any:
+    """The batches of a streamed PaLI-3 recipe: a :class:`~pali3_edu.data.streaming.StreamLoader`
+    over ShapesWorld train scenes (:class:`~pali3_edu.data.streaming.ShapesWorldStream`) or over a
+    hub data set (:class:`~pali3_edu.data.hub.HubStream`), at the model's resolution, boxes
+    quantised to ``mix.loc_levels``. ``get_batch(step)`` gives ``pixel_values`` ``(B, 3, H, W)``,
+    ``input_ids``/``attention_mask`` ``(B, S)``, ``labels`` ``(B, T)`` and ``task`` ``(B,)``.
+    ``num_workers=None``: :func:`~pali3_edu.data.streaming.default_num_workers`."""
+    from pali3_edu.data.hub import HUB_DATASETS, HUB_TASKS, HUB_TRAIN_SPLITS, HubStream, load_hub
+    from pali3_edu.data.streaming import ShapesWorldStream, StreamLoader
+    from pali3_edu.recipes.pali3 import quantize_records
+
+    m, st, cfg = recipe.data.mix, recipe.data.stream, recipe.model
+    record_fn = functools.partial(quantize_records, levels=m.loc_levels)
+    size = cfg.vision.image_size
+    if st.source == "shapesworld":
+        stream = ShapesWorldStream(tokenizer, m.task_weights, m.batch_size, cfg.max_prompt_len, cfg.max_answer_len,
+                                   size, recipe.train.seed, num_scenes=m.num_scenes, word_prob=m.word_prob,
+                                   record_fn=record_fn)
+    elif st.source in HUB_DATASETS:
+        records = load_hub(st.source, st.hub_split or HUB_TRAIN_SPLITS[st.source], streaming=True,
+                           path=st.hub_path)
+        stream = HubStream(records, tokenizer, st.hub_task or HUB_TASKS[st.source], m.batch_size,
+                           cfg.max_prompt_len, cfg.max_answer_len, size, recipe.train.seed,
+                           shuffle_buffer=st.shuffle_buffer, record_fn=record_fn)
+    else:
+        raise ValueError(f"data.stream.source={st.source!r}: use 'shapesworld' or one of the hub data sets "
+                         f"{', '.join(HUB_DATASETS)}.")
+    return StreamLoader(stream, num_workers)
+
+
+def hub_transfer_recipe(preset: str, source: str, *, split: str | None = None, path: str | None = None,
+                        task: str | None = None, **overrides: Any) -> Recipe:
+    """The ``pali3-transfer`` recipe of a GPU preset, trained on a hub data set (``source``, a key
+    of :data:`~pali3_edu.data.hub.HUB_DATASETS`) instead of ShapesWorld; ``path`` reads a local
+    copy in the hub's layout. ``overrides`` as for ``get_recipe``.
+
+        recipe = hub_transfer_recipe("h100", "refcoco")      # RefCOCO's val split, streamed
+        run = load_or_train(recipe)
+    """
+    from pali3_edu.data.hub import HUB_DATASETS
+
+    if source not in HUB_DATASETS:
+        raise ValueError(f"Unknown hub data set {source!r}; choose one of {', '.join(HUB_DATASETS)}.")
+    recipe = base.get_recipe("pali3-transfer", preset)
+    if not isinstance(recipe.data, StreamedPaLI3Data):
+        raise ValueError(f"The {preset!r} transfer recipe does not stream its data; use a GPU preset "
+                         f"({', '.join(TIERS)}).")
+    stream = StreamSettings(source=source, hub_split=split, hub_path=None if path is None else str(path),
+                            hub_task=task, shuffle_buffer=recipe.data.stream.shuffle_buffer)
+    recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, stream=stream))
+    return recipe.replace(**overrides) if overrides else recipe
+
+
 def _train(tier: Tier, stage: str, **kwargs: Any) -> TrainConfig:
     return TrainConfig(steps=tier.steps[stage], amp_dtype=tier.amp, log_every=10,
                        checkpoint_every=tier.checkpoint_every, **kwargs)
@@ -151,7 +261,7 @@ def _train(tier: Tier, stage: str, **kwargs: Any) -> TrainConfig:
 def _gpu(preset: str, stage: str) -> Recipe:
     # the stages' settings classes, imported here: this module may be imported while a stage
     # module is still being imported (base._load_stage_modules)
-    from pali3_edu.recipes.pali3 import MultimodalSettings, PaLI3Data, StageSettings
+    from pali3_edu.recipes.pali3 import MultimodalSettings, StageSettings
     from pali3_edu.recipes.siglip import SigLIPData
     from pali3_edu.recipes.ul2 import UL2DataSettings
 
@@ -169,24 +279,24 @@ def _gpu(preset: str, stage: str) -> Recipe:
     # PaLI-3: boxes at 64 levels per coordinate (3.5 px at 224 px; raise data.mix.loc_levels for finer)
     if stage == "pali3-stage1":
         batch, accum = tier.stage1_batch
-        mix = MultimodalSettings(num_scenes=tier.scenes_224, batch_size=batch, loc_levels=64)
-        return Recipe(stage, preset, pali3_base(224), PaLI3Data(mix, StageSettings()),
+        mix = MultimodalSettings(num_scenes=tier.stream_scenes, batch_size=batch, loc_levels=64)
+        return Recipe(stage, preset, pali3_base(224), StreamedPaLI3Data(mix, StageSettings()),
                       _train(tier, stage, lr=1e-3, warmup_steps=200, weight_decay=0.01, grad_accum=accum),
                       up(vision="siglip", text="ul2"))
     if stage == "pali3-stage2":
         batch, accum = tier.stage2_batch
-        mix = MultimodalSettings(num_scenes=tier.scenes_448, batch_size=batch, loc_levels=64)
+        mix = MultimodalSettings(num_scenes=tier.stream_scenes, batch_size=batch, loc_levels=64)
         settings = StageSettings(freeze_vision=False, vision_lr_scale=0.3, ordinal_loc_init=False,
                                  image_size=448)
-        return Recipe(stage, preset, pali3_base(448), PaLI3Data(mix, settings),
+        return Recipe(stage, preset, pali3_base(448), StreamedPaLI3Data(mix, settings),
                       _train(tier, stage, lr=2e-4, warmup_steps=50, weight_decay=0.01, grad_accum=accum),
                       up(previous="pali3-stage1"))
     if stage == "pali3-transfer":
         batch, accum = tier.transfer_batch
-        mix = MultimodalSettings(num_scenes=tier.scenes_448, batch_size=batch, loc_levels=64,
+        mix = MultimodalSettings(num_scenes=tier.stream_scenes, batch_size=batch, loc_levels=64,
                                  task_weights={"refer": 1.0})
         settings = StageSettings(freeze_vision=True, ordinal_loc_init=False)
-        return Recipe(stage, preset, pali3_base(448), PaLI3Data(mix, settings),
+        return Recipe(stage, preset, pali3_base(448), StreamedPaLI3Data(mix, settings),
                       _train(tier, stage, lr=2e-4, warmup_steps=50, weight_decay=0.01, grad_accum=accum),
                       up(previous="pali3-stage2"))
     raise ValueError(f"Unknown stage {stage!r}; stages: {', '.join(STAGE_ORDER)}")
@@ -228,5 +338,6 @@ def register() -> None:
 base._load_stage_modules()  # the stages first (when base does not import this module itself)
 register()
 
-__all__ = ["SCALE_PRESETS", "STAGE_ORDER", "TIERS", "Tier", "pali3_base", "register", "scale_recipe",
-           "siglip_b16", "t5_base"]
+__all__ = ["SCALE_PRESETS", "STAGE_ORDER", "TIERS", "StreamSettings", "StreamedPaLI3Data", "Tier",
+           "build_streamed_data", "hub_transfer_recipe", "pali3_base", "register", "scale_recipe", "siglip_b16",
+           "t5_base"]

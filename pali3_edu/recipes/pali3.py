@@ -311,7 +311,15 @@ def quantize_records(records: list[dict], levels: int) -> list[dict]:
 
 def build_data(recipe: Recipe, tokenizer: Any):
     """The stage's batches: ShapesWorld train scenes at the model's resolution, examples made on
-    the fly from the task mixture (see :mod:`pali3_edu.data.multimodal`)."""
+    the fly from the task mixture (see :mod:`pali3_edu.data.multimodal`). A recipe whose data has
+    a ``stream`` setting (the GPU presets, :mod:`pali3_edu.recipes.scale`) streams its batches
+    instead of caching ``num_scenes`` scenes."""
+    # --- streamed data hook: pali3_edu.recipes.scale.build_streamed_data builds these batches ---
+    if getattr(recipe.data, "stream", None) is not None:
+        from pali3_edu.recipes.scale import build_streamed_data
+
+        return build_streamed_data(recipe, tokenizer)
+    # --- end of the streamed data hook ---
     from pali3_edu.data.multimodal import MultimodalData
     from pali3_edu.data.shapesworld import load_shapesworld
     from pali3_edu.recipes.siglip import images_to_uint8

@@ -264,9 +264,10 @@ def test_hub_resume_at_step_k_equals_uninterrupted(local_hub, tok):
     # no shuffling: the files' rows in order, then again (12 rows: 4 batches of 3 per epoch)
     plain = _stream(local_hub, tok)
     prompts = [sorted(tok.decode(row[row != 0].tolist()[:-1]) for row in plain.batch(step)["input_ids"])
-               for step in range(5)]
+               for step in (0, 1, 2, 3, 4, 8, 12)]
     assert prompts[0] == sorted(f"answer en how many things are there {k}?" for k in range(3))
-    assert prompts[4] == prompts[0] and len({p for ps in prompts[:4] for p in ps}) == 12
+    assert len({p for ps in prompts[:4] for p in ps}) == 12
+    assert prompts[4] == prompts[5] == prompts[6] == prompts[0]  # epochs 1, 2, 3 start where epoch 0 did
 
 
 def test_rows_that_do_not_fit_or_have_no_answer_are_skipped(tok):
@@ -350,3 +351,11 @@ def test_transfer_recipe_on_a_local_copy_of_refcoco(local_hub, tok):
         hub_transfer_recipe("h100", "coco")
     with pytest.raises(ValueError, match="does not stream its data; use a GPU preset"):
         hub_transfer_recipe("smoke", "refcoco")
+
+
+@pytest.mark.parametrize("name", ["coco_captions", "refcoco"])
+def test_hub_streams_survive_pickling(local_hub, tok, name):
+    import pickle
+
+    stream = _stream(local_hub, tok, name, shuffle_buffer=3, batch_size=2)
+    assert _same(pickle.loads(pickle.dumps(stream)).batch(2), stream.batch(2))

@@ -255,7 +255,11 @@ def test_loader_arguments(tok, monkeypatch):
     with pytest.raises(ValueError, match=f"{WORKERS_ENV_VAR}='many'"):
         default_num_workers()
     monkeypatch.delenv(WORKERS_ENV_VAR)
-    assert default_num_workers() == (0 if not torch.cuda.is_available() else default_num_workers())
+    if not torch.cuda.is_available():
+        assert default_num_workers() == 0  # batches made between the steps: the CPU trains
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1000")  # torchrun: the cores shared among the processes
+        assert default_num_workers() == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,3 +297,17 @@ def test_gpu_presets_stream_and_cpu_presets_do_not(tok):
 
     with pytest.raises(ValueError, match="data.stream.source='imagenet'"):
         build_data(get_recipe("pali3-transfer", "h100", **{"data.stream.source": "imagenet"}), tok)
+
+
+def test_streams_survive_pickling(tok):
+    """Workers started with spawn/forkserver (macOS, Windows, Python 3.14's Linux default) get a
+    pickled copy of the stream; the recipes' record_fn is a functools.partial for that reason."""
+    import pickle
+
+    from pali3_edu.recipes import get_recipe
+    from pali3_edu.recipes.scale import build_streamed_data
+
+    stream = build_streamed_data(get_recipe("pali3-stage1", "h100", **{"data.mix.batch_size": 2}), tok,
+                                 num_workers=0).stream
+    copy = pickle.loads(pickle.dumps(stream.starting_at(5)))
+    assert copy.start_step == 5 and same(copy.batch(1), stream.batch(1))

@@ -40,6 +40,7 @@ Sources and the columns used:
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 from collections import Counter
@@ -111,7 +112,7 @@ def _convert(ds, row_fn: Callable[[dict[str, Any], int], dict[str, Any]]):
     from datasets import IterableDataset
 
     ds = ds.cast_column("image", ImageFeature(decode=False))
-    convert = lambda row, idx: {"image": row["image"], **row_fn(row, idx)}  # noqa: E731
+    convert = functools.partial(_with_image, row_fn=row_fn)
     if isinstance(ds, IterableDataset):
         # The features go on afterwards: a streamed map given features= marks its rows as typed,
         # and a later cast_column("image", decode=True) would then never decode them.
@@ -119,6 +120,10 @@ def _convert(ds, row_fn: Callable[[dict[str, Any], int], dict[str, Any]]):
         return out.cast(hub_features(decode=True))
     out = ds.map(convert, with_indices=True, remove_columns=ds.column_names, features=hub_features(decode=False))
     return out.cast_column("image", ImageFeature(decode=True))
+
+
+def _with_image(row: dict[str, Any], idx: int, row_fn: Callable) -> dict[str, Any]:
+    return {"image": row["image"], **row_fn(row, idx)}
 
 
 def _image_size(image: dict[str, Any]) -> tuple[int, int]:
@@ -234,30 +239,31 @@ def _answer_texts(answers: Any) -> list[str]:
 def map_vqav2(ds, source: str = "lmms-lab/VQAv2"):
     """VQAv2 (one row per question) -> records with one QA pair carrying all 10 human answers."""
     _require(ds, ["image", "question"], source)
+    return _convert(ds, functools.partial(_vqav2_row, source=source))
 
-    def row_fn(row: dict[str, Any], idx: int) -> dict[str, Any]:
-        answers = _answer_texts(row.get("answers"))
-        answer = row.get("multiple_choice_answer") or _most_common(answers)
-        rec = _empty(source, row.get("question_id", idx))
-        rec["qa"] = [{"question": row["question"], "answer": answer or "",
-                      "kind": row.get("answer_type") or "vqa", "answers": answers}]
-        return rec
 
-    return _convert(ds, row_fn)
+# The row functions are module-level (bound with functools.partial), so that a streamed data set
+# can be pickled into DataLoader workers started with spawn or forkserver.
+def _vqav2_row(row: dict[str, Any], idx: int, source: str) -> dict[str, Any]:
+    answers = _answer_texts(row.get("answers"))
+    answer = row.get("multiple_choice_answer") or _most_common(answers)
+    rec = _empty(source, row.get("question_id", idx))
+    rec["qa"] = [{"question": row["question"], "answer": answer or "",
+                  "kind": row.get("answer_type") or "vqa", "answers": answers}]
+    return rec
 
 
 def map_textvqa(ds, source: str = "lmms-lab/textvqa"):
     """TextVQA -> records with one QA pair (answer = most common of the human answers)."""
     _require(ds, ["image", "question"], source)
+    return _convert(ds, functools.partial(_textvqa_row, source=source))
 
-    def row_fn(row: dict[str, Any], idx: int) -> dict[str, Any]:
-        answers = _answer_texts(row.get("answers"))
-        rec = _empty(source, row.get("question_id", idx))
-        rec["qa"] = [{"question": row["question"], "answer": _most_common(answers),
-                      "kind": "text", "answers": answers}]
-        return rec
 
-    return _convert(ds, row_fn)
+def _textvqa_row(row: dict[str, Any], idx: int, source: str) -> dict[str, Any]:
+    answers = _answer_texts(row.get("answers"))
+    rec = _empty(source, row.get("question_id", idx))
+    rec["qa"] = [{"question": row["question"], "answer": _most_common(answers), "kind": "text", "answers": answers}]
+    return rec
 
 
 def xywh_to_yxyx(bbox: list[float], width: int, height: int) -> list[float]:
@@ -280,20 +286,20 @@ def map_refcoco(ds, source: str = "lmms-lab/RefCOCO"):
     first, and you can sample others); ``bbox`` (x, y, w, h pixels) is normalised by the image size.
     """
     _require(ds, ["image", "bbox", "answer"], source)
+    return _convert(ds, functools.partial(_refcoco_row, source=source))
 
-    def row_fn(row: dict[str, Any], idx: int) -> dict[str, Any]:
-        width, height = _image_size(row["image"])
-        answer = row["answer"] or []
-        answer = [answer] if isinstance(answer, str) else answer  # one expression, not its letters
-        expressions = [e.strip() for e in answer if e and e.strip()]
-        rec = _empty(source, row.get("question_id", idx))
-        label = expressions[0] if expressions else "object"
-        # float32, as the column stores it: a streamed record then equals the in-memory one
-        box = [float(np.float32(v)) for v in xywh_to_yxyx(row["bbox"], width, height)]
-        rec.update(caption=label, captions=expressions, objects=[{"label": label, "box": box}])
-        return rec
 
-    return _convert(ds, row_fn)
+def _refcoco_row(row: dict[str, Any], idx: int, source: str) -> dict[str, Any]:
+    width, height = _image_size(row["image"])
+    answer = row["answer"] or []
+    answer = [answer] if isinstance(answer, str) else answer  # one expression, not its letters
+    expressions = [e.strip() for e in answer if e and e.strip()]
+    rec = _empty(source, row.get("question_id", idx))
+    label = expressions[0] if expressions else "object"
+    # float32, as the column stores it: a streamed record then equals the in-memory one
+    box = [float(np.float32(v)) for v in xywh_to_yxyx(row["bbox"], width, height)]
+    rec.update(caption=label, captions=expressions, objects=[{"label": label, "box": box}])
+    return rec
 
 
 HUB_DATASETS: dict[str, tuple[str, Callable]] = {
@@ -412,7 +418,9 @@ class HubStream(StepStream):
         batch_size, max_prompt_len, max_answer_len, image_size, seed, caption: as for
             :class:`~pali3_edu.data.streaming.ShapesWorldStream`.
         shuffle_buffer: rows are shuffled through a buffer of this many (``IterableDataset.shuffle``,
-            seeded by ``seed``, reshuffled every pass); 0 keeps the source's order.
+            seeded by ``seed``, reshuffled every pass); 0 keeps the source's order, every pass.
+            (``datasets`` pauses a few seconds whenever a shuffled read of several files ends:
+            once per pass.)
         record_fn: applied to each record before its examples are made (e.g. box quantisation).
         start_step: the first step an iteration yields.
 
@@ -517,7 +525,8 @@ class HubStream(StepStream):
         if self.shuffle_buffer:
             ds = ds.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
         for epoch in itertools.count():
-            ds.set_epoch(epoch)
+            if self.shuffle_buffer:  # a new order each pass (an epoch > 0 would also reorder the files)
+                ds.set_epoch(epoch)
             found = 0
             # ds.iter(): every worker reads all rows (iterating ds itself would give each worker
             # only some of the files, and the batches would depend on the number of workers)

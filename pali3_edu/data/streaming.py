@@ -81,7 +81,8 @@ def default_num_workers() -> int:
     """DataLoader workers for :class:`StreamLoader` when none are given.
 
     ``$PALI3_EDU_DATA_WORKERS`` if set; otherwise, on a machine with CUDA, one worker per CPU core
-    left after the training process (at most 8); without CUDA 0, i.e. batches are made in the
+    left after the training process (at most 8; under ``torchrun`` the cores are shared among the
+    ``$LOCAL_WORLD_SIZE`` processes of the machine); without CUDA 0, i.e. batches are made in the
     training process between steps (on a CPU the training itself needs the cores).
     """
     env = os.environ.get(WORKERS_ENV_VAR)
@@ -96,7 +97,11 @@ def default_num_workers() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
-    return max(1, min(8, cores - 1))
+    try:
+        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        processes = 1
+    return max(1, min(8, cores // processes - 1))
 
 
 def images_to_uint8_fast(images: Sequence[Any], image_size: int) -> Tensor:
@@ -371,6 +376,11 @@ class StreamLoader:
     the next one restarts the DataLoader at that step (a second or so with workers). The loader
     never draws from the global random number generators, so training's own random state (dropout,
     a resumed run's restored state) is not disturbed.
+
+    Workers hand their batches over through shared memory (``/dev/shm``): a float batch of 128
+    images at 224 px is 77 MB, and ``num_workers × prefetch_factor`` of them can wait there. In a
+    container with a small ``/dev/shm`` (Docker's default is 64 MB) give it more
+    (``--shm-size``) or use fewer workers (``$PALI3_EDU_DATA_WORKERS``).
     """
 
     def __init__(

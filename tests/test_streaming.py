@@ -311,3 +311,31 @@ def test_streams_survive_pickling(tok):
                                  num_workers=0).stream
     copy = pickle.loads(pickle.dumps(stream.starting_at(5)))
     assert copy.start_step == 5 and same(copy.batch(1), stream.batch(1))
+
+
+def test_a_streamed_recipe_trains_and_resumes_through_load_or_train(tmp_path, monkeypatch):
+    """The micro stage-1 recipe with streamed data (as the GPU presets have it), through the recipe
+    cache: interrupted after 3 steps and resumed with 2 workers, it ends with the weights of an
+    uninterrupted run."""
+    import dataclasses
+
+    from pali3_edu.recipes import get_recipe, load_or_train
+    from pali3_edu.recipes.scale import StreamedPaLI3Data
+
+    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        recipe = get_recipe("pali3-stage1", "micro")
+        mix = dataclasses.replace(recipe.data.mix, num_scenes=10_000)
+        recipe = dataclasses.replace(recipe, data=StreamedPaLI3Data(mix, recipe.data.stage))
+        monkeypatch.setenv(WORKERS_ENV_VAR, "0")
+        whole = load_or_train(recipe, cache_name="whole", progress=False, device="cpu")
+        load_or_train(recipe, cache_name="resumed", progress=False, device="cpu", stop_after=3)
+        monkeypatch.setenv(WORKERS_ENV_VAR, "2")
+        resumed = load_or_train(recipe, cache_name="resumed", progress=False, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert not resumed.loaded and resumed.history.resumed_from == 3
+    assert all(torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(),
+                                                  resumed.model.state_dict().values()))

@@ -21,6 +21,7 @@ With one process (``WORLD_SIZE`` unset) everything here is a no-op.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -129,6 +130,13 @@ def wrap_model(model: nn.Module, parallel: Parallel, device: torch.device) -> nn
     ``"fsdp"`` shards each child (or each module of ``model.fsdp_units()`` when the model
     defines it, e.g. the transformer blocks) and then the root with FSDP2, and returns
     ``model`` itself. ``"none"`` returns ``model``.
+
+    Under ``"fsdp"`` the 0-d parameters (a scalar has no dimension to cut into shards, and
+    ``fully_shard`` refuses it; SigLIP's ``t_prime`` and ``bias`` are two) are left out of the
+    sharding (``ignored_params``): every rank keeps the whole value, as a plain tensor, and
+    FSDP does not average their gradients. :func:`gradient_sync` does, when it syncs
+    (:func:`average_replicated_gradients`); a loop that calls ``backward`` without it calls
+    that function itself. Parameter names, shapes and the state dict stay the same.
     """
     if parallel == "none":
         return model
@@ -145,11 +153,14 @@ def wrap_model(model: nn.Module, parallel: Parallel, device: torch.device) -> nn
     if parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        # 0-d parameters (SigLIP's temperature t' and bias b) have no dim 0 to shard, and
+        # fully_shard refuses them: they stay whole on every rank (see average_replicated_gradients)
+        replicated = {p for p in model.parameters() if p.ndim == 0}
         units = list(model.fsdp_units()) if hasattr(model, "fsdp_units") else list(model.children())
         for unit in units:
-            if any(p.numel() for p in unit.parameters()):
-                fully_shard(unit)
-        fully_shard(model)
+            if any(p.numel() and p not in replicated for p in unit.parameters()):
+                fully_shard(unit, ignored_params=replicated)
+        fully_shard(model, ignored_params=replicated)
         return model
     raise ValueError(f"parallel must be 'none', 'ddp' or 'fsdp', got {parallel!r}")
 
@@ -170,16 +181,57 @@ def gradient_sync(model: nn.Module, parallel: Parallel, enabled: bool) -> Iterat
 
     The loop disables it on all but the last micro-batch of an accumulated step: gradients of
     the earlier micro-batches just add up locally, and one exchange at the end carries them all.
+    Under ``"fsdp"`` a synced block ends by averaging the gradients of the parameters FSDP left
+    whole (:func:`average_replicated_gradients`), so that every gradient is averaged.
     """
     if parallel == "ddp" and not enabled:
         with model.no_sync():
             yield
     elif parallel == "fsdp":
         model.set_requires_gradient_sync(enabled)
-        yield
+        yield  # (an exception inside the block ends it here, on this rank alone: no exchange)
+        if enabled:
+            average_replicated_gradients(model)
     else:
         with nullcontext():
             yield
+
+
+def average_replicated_gradients(model: nn.Module) -> None:
+    """Average over ranks the gradients of the parameters an FSDP2 model holds whole (not
+    sharded: the 0-d ones :func:`wrap_model` leaves out), as FSDP averages the sharded ones.
+
+    One ``all_reduce`` carries them all, with a flag per parameter: a parameter that has no
+    gradient on some ranks counts as zero there, one that has none on any rank keeps ``None``.
+    Every rank must call it at the same point (after the same ``backward``). The host waits
+    for the device only when a gradient is missing. Nothing with one process or a model
+    without such parameters.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+    if not params:
+        return
+    device = params[0].device
+    dtype = functools.reduce(torch.promote_types, [p.dtype for p in params], torch.float32)
+    grads = [p.grad.detach().reshape(-1).to(device, dtype) if p.grad is not None
+             else torch.zeros(p.numel(), device=device, dtype=dtype) for p in params]
+    flags = [torch.full((1,), float(p.grad is not None), device=device, dtype=dtype) for p in params]
+    flat = torch.cat([*grads, *flags])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    missing = any(p.grad is None for p in params)
+    had = (flat[-len(params):] > 0).tolist() if missing else [True] * len(params)
+    start = 0
+    for p, has_grad in zip(params, had):
+        mean = flat[start:start + p.numel()].reshape(p.shape)
+        start += p.numel()
+        if p.grad is not None:
+            p.grad.copy_(mean)
+        elif has_grad:
+            p.grad = mean.to(p.dtype).clone()
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,23 @@ group* so the copies can exchange tensors. :func:`pali3_edu.train.train` then
 - skips that averaging on all but the last micro-batch of an accumulated step
   (:func:`gradient_sync`), since only the sum of all micro-batches is needed.
 
-Because the loss is a mean over rows and every rank holds the same number of rows, the average
-of the ranks' gradients equals the gradient of one process on the whole batch: N processes
-train the same model as one, only faster.
+The result is the model one process would train on the whole batch, only faster:
+
+- a loss that is a mean over rows (a regression, one number per example): every rank holds the
+  same number of rows, so the average of the ranks' gradients is the gradient of the mean over
+  the whole batch;
+- a loss that is a mean over tokens (UL2's targets, PaLI-3's answer tokens): ranks hold
+  different numbers of tokens, and the average of their means would weigh a token on a rank
+  with few tokens more than one on a rank with many. Such a ``loss_fn`` returns its token count
+  too, and :func:`pali3_edu.train.train` weights each rank's (and micro-batch's) mean by its
+  share of the step's tokens before this averaging, so the step's loss is the mean over every
+  token of the global batch;
+- SigLIP's sigmoid loss pairs every image with every text, also those of other ranks: the
+  SigLIP stage's loss scores each rank's images against every text of the *global* batch
+  (:func:`pali3_edu.siglip.distributed_sigmoid_loss`), not only against its own share.
+
+Under ``"fsdp"`` the 0-d parameters (SigLIP's temperature and bias) cannot be sharded: they stay
+whole on every rank, and :func:`gradient_sync` averages their gradients itself.
 
 With one process (``WORLD_SIZE`` unset) everything here is a no-op.
 """

@@ -5,7 +5,7 @@
     python -m pali3_edu.train --recipe all --preset smoke                 # every stage, CPU, seconds
     python -m pali3_edu.train --recipe ul2 --preset h100 --steps 2000 --batch-size 128
     python -m pali3_edu.train --recipe pali3-stage1 --preset l4-a100 --set train.lr=5e-4 \\
-        --set data.mix.loc_levels=128 --compile --bucket 16
+        --set data.mix.loc_levels=128 --compile --bucket 16 --attention flex
     torchrun --nproc_per_node 2 -m pali3_edu.train --recipe ul2 --preset smoke --set train.parallel=ddp
 
 ``--recipe`` names a stage (``siglip``, ``ul2``, ``pali3-stage1``, ``pali3-stage2``,
@@ -43,8 +43,18 @@ may need longer texts (``--set model.max_prompt_len=64``)::
 
 ``--run-dir DIR`` puts one stage's run folder elsewhere (a Google Drive folder on Colab survives a
 disconnect). Under ``torchrun`` every process trains its share of each batch and only rank 0
-prints and writes. Speed paths (:mod:`pali3_edu.speed`): ``--compile``, ``--checkpointing``,
-``--bucket 16``; they change how fast a recipe trains, not which recipe it is.
+prints and writes; they train the model one process would train on the same global batch, up to
+rounding: SigLIP's sigmoid loss scores every image against every text of the global batch, and
+the token-mean losses of UL2 and PaLI-3 average over all of its tokens (:mod:`pali3_edu.train`).
+
+Speed paths (:mod:`pali3_edu.speed`): ``--compile`` (each transformer block, or ``--compile
+model``; ``--compile-backend``, ``--compile-mode``), ``--checkpointing`` (activation
+checkpointing of every block), ``--bucket 16`` (pad prompt and answer lengths to multiples of 16
+so compiled shapes repeat) and ``--attention sdpa|flex`` (the T5 self-attention with a dense bias
+mask, the default, or through FlexAttention; flex trains on CUDA only). On CUDA the optimizer is
+AdamW's fused kernel without a flag. They change how fast a recipe trains, not which recipe it
+is. ``--init`` (above) is not a speed path: it changes where stage 1 starts, so it is another
+recipe with its own cache folder.
 """
 
 from __future__ import annotations

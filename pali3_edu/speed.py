@@ -21,8 +21,11 @@ setting                  what it does, and what it costs
                          (labels ``-100``), so the loss is the same.
 ``fused_adamw``          AdamW's update of all parameters in one fused kernel
                          (``torch.optim.AdamW(fused=True)``); chosen on CUDA by :func:`pick_fused_adamw`,
-                         passed on by :func:`adamw_kwargs`. The benchmark uses it; the training
-                         loop's ``make_optimizer`` does not take optimizer options yet.
+                         passed on by :func:`adamw_kwargs`. The training loop chooses the same way:
+                         ``make_optimizer(..., fused=None)`` (``train(..., fused_adamw=None)``)
+                         takes the fused kernel on CUDA, ``False`` turns it off; the benchmark too.
+                         So every stage, and ``python -m pali3_edu.train``, gets it on a GPU
+                         without a setting (``SpeedSettings.fused_adamw`` is not passed on).
 ``amp``                  :func:`pick_amp_dtype` picks the mixed-precision type a device supports:
                          bf16 on Ampere and newer (and CPUs), fp16 with loss scaling on older GPUs
                          such as the T4.

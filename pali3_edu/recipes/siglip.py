@@ -12,7 +12,7 @@ The pieces, in the order the lesson uses them:
    :func:`retrieval_metrics` (image→text and text→image recall@k) and
    :func:`zero_shot_metrics` (shape and colour classification from text prompts).
 4. **The stage** — named :class:`~pali3_edu.recipes.base.Recipe` presets (``tiny-cpu``,
-   ``micro``, ``small``) and :func:`load_or_train_siglip`, which returns the trained model of a
+   ``long-cpu``, ``micro``, ``small``) and :func:`load_or_train_siglip`, which returns the trained model of a
    preset from the cache under ``data/runs/`` or trains it (later lessons start from it).
 5. **Batch-size sweep** — :func:`batch_size_sweep`, sigmoid vs softmax at several batch sizes and
    seeds, all runs the same number of steps, with its results cached as JSON.
@@ -386,6 +386,11 @@ PRESETS: dict[str, Recipe] = {
     # lesson 04 on a 2-core CPU (about 3 minutes)
     "tiny-cpu": _recipe("tiny-cpu", get_config("siglip", "tiny-cpu"), SigLIPData(),
                         steps=450, lr=1e-3, warmup_steps=45),
+    # the tiny-cpu model trained about 25x longer, on more scenes with extra single-object ones
+    # (several hours on a 2-core CPU: `python -m pali3_edu.train --recipe siglip --preset long-cpu`)
+    "long-cpu": _recipe("long-cpu", get_config("siglip", "tiny-cpu"),
+                        SigLIPData(num_scenes=12000, single_object_scenes=6000),
+                        steps=12000, lr=1e-3, warmup_steps=300, checkpoint_every=200),
     # tests: seconds
     "micro": _recipe("micro", micro_siglip_config(32), SigLIPData(num_scenes=64, batch_size=16),
                      steps=20, lr=1e-3, warmup_steps=2),
@@ -425,7 +430,7 @@ STAGE = register_stage(Stage(
 
 
 def get_recipe(preset: str = "tiny-cpu", **overrides: Any) -> Recipe:
-    """A copy of a SigLIP recipe (``tiny-cpu``, ``micro``, ``small``) with ``overrides``."""
+    """A copy of a SigLIP recipe (``tiny-cpu``, ``long-cpu``, ``micro``, ``small``) with ``overrides``."""
     return _get_recipe("siglip", preset, **overrides)
 
 

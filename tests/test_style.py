@@ -16,8 +16,9 @@ from pali3_edu.course import ROOT
 # Modules whose docstring examples are runnable (a module without examples passes trivially).
 DOCTEST_MODULES = [
     "pali3_edu.cache", "pali3_edu.config", "pali3_edu.encdec", "pali3_edu.generate", "pali3_edu.metrics",
-    "pali3_edu.pali3", "pali3_edu.probe", "pali3_edu.recipes", "pali3_edu.recipes.pali3", "pali3_edu.data.shapesworld",
-    "pali3_edu.data.tasks", "pali3_edu.tokens", "pali3_edu.train", "pali3_edu.ul2",
+    "pali3_edu.ablation", "pali3_edu.pali3", "pali3_edu.probe", "pali3_edu.recipes",
+    "pali3_edu.recipes.pali3", "pali3_edu.data.shapesworld", "pali3_edu.data.tasks", "pali3_edu.tokens",
+    "pali3_edu.train", "pali3_edu.ul2",
 ]
 
 

@@ -386,11 +386,11 @@ PRESETS: dict[str, Recipe] = {
     # lesson 04 on a 2-core CPU (about 3 minutes)
     "tiny-cpu": _recipe("tiny-cpu", get_config("siglip", "tiny-cpu"), SigLIPData(),
                         steps=450, lr=1e-3, warmup_steps=45),
-    # the tiny-cpu model trained about 25x longer, on more scenes with extra single-object ones
-    # (several hours on a 2-core CPU: `python -m pali3_edu.train --recipe siglip --preset long-cpu`)
+    # the tiny-cpu model trained about 13x longer, on more scenes with extra single-object ones
+    # (about an hour on a 2-core CPU: `python -m pali3_edu.train --recipe siglip --preset long-cpu`)
     "long-cpu": _recipe("long-cpu", get_config("siglip", "tiny-cpu"),
                         SigLIPData(num_scenes=12000, single_object_scenes=6000),
-                        steps=12000, lr=1e-3, warmup_steps=300, checkpoint_every=200),
+                        steps=6000, lr=1e-3, warmup_steps=300, checkpoint_every=200),
     # tests: seconds
     "micro": _recipe("micro", micro_siglip_config(32), SigLIPData(num_scenes=64, batch_size=16),
                      steps=20, lr=1e-3, warmup_steps=2),

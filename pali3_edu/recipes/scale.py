@@ -1,7 +1,7 @@
 """Presets for the GPU-scale run and for smoke tests, registered into every stage on import.
 
 Each stage (``siglip``, ``ul2``, ``pali3-stage1``, ``pali3-stage2``, ``pali3-transfer``) gets the
-same four presets, so ``python -m pali3_edu.train --recipe all --preset h100`` chains the whole
+same five presets, so ``python -m pali3_edu.train --recipe all --preset h100`` chains the whole
 course at one size:
 
 ==============  =====================================================================================
@@ -16,14 +16,46 @@ preset          what it is for
 ``l4-a100``     one 24 GB L4, or an A100 (40/80 GB), in **bf16**: batch sizes sized for the L4's
                 24 GB; an A100 runs the same recipe (and so the same trained model) faster.
 ``h100``        one 80 GB H100 in **bf16**: the largest batches and the most steps.
+``8xh100``      one node of eight 80 GB H100s in **bf16**, sharded with FSDP2
+                (``train.parallel="fsdp"``), at the **large** size below. Start it with
+                ``torchrun --nproc_per_node 8 -m pali3_edu.train --recipe all --preset 8xh100``.
 ==============  =====================================================================================
 
-The real size (all three GPU presets): a SigLIP **ViT-B/16 at 224 px** (``get_config("vit",
-"B/16")``, 196 patch tokens) with a B-sized text tower for the contrastive stage, and a
-**T5-v1.1-base**-sized encoder-decoder (``get_config("encdec", "t5-v1_1-base")``, 12+12 layers,
-``d_model`` 768) for UL2; PaLI-3 joins the two (about 86 M + 200 M parameters with the course's
-1792-token vocabulary). The data is ShapesWorld rendered at 224 px (stage 2 and transfer: 448 px,
-784 patch tokens, which is why the encoder's ``max_input_length`` is raised to 1024).
+The **base** size (the three single-GPU presets): a SigLIP **ViT-B/16 at 224 px**
+(``get_config("vit", "B/16")``, 196 patch tokens) with a B-sized text tower for the contrastive
+stage, and a **T5-v1.1-base**-sized encoder-decoder (``get_config("encdec", "t5-v1_1-base")``,
+12+12 layers, ``d_model`` 768) for UL2; PaLI-3 joins the two (about 86 M + 200 M parameters with
+the course's 1792-token vocabulary). The data is ShapesWorld rendered at 224 px (stage 2 and
+transfer: 448 px, 784 patch tokens, which is why the encoder's ``max_input_length`` is raised to
+1024).
+
+The **large** size (``8xh100``): a SigLIP **ViT-L/16** (``get_config("vit", "L/16")``, 24 layers,
+width 1024) with an L-sized text tower (24 layers, width 1024), and a **T5-v1.1-large**-sized
+encoder-decoder (``get_config("encdec", "t5-v1_1-large")``, 24+24 layers, ``d_model`` 1024);
+PaLI-3 joins them (about 300 M + 720 M parameters, 1.03 B in all), at the same resolutions.
+:data:`MODEL_SIZES` holds both sizes and :attr:`Tier.size` picks one.
+
+**Batch sizes are global.** ``data.batch_size`` (``data.mix.batch_size``) is the batch of the
+whole step on every device together: under ``torchrun`` each process trains its contiguous share
+of the rows (:mod:`pali3_edu.train`), so the batches of ``8xh100`` are 8 times a GPU's share and
+must divide by 8 (:class:`Tier` checks it against ``Tier.gpus``). Per stage, global micro-batch
+(x accumulation), and what one GPU trains of it:
+
+==================  ===============  ===============  ====================================
+stage               ``h100``         ``8xh100``       ``8xh100`` per GPU (micro-batch)
+==================  ===============  ===============  ====================================
+``siglip``          512              1024             128
+``ul2``             256              512              64
+``pali3-stage1``    128              256              32
+``pali3-stage2``    32 (x 2)         64 (x 2)         8
+``pali3-transfer``  64               128              16
+==================  ===============  ===============  ====================================
+
+The ``8xh100`` sizes are **starting points, not measured fits**: they were sized on paper (the
+large model's activations are about 2.7 times the base model's per example, its weights,
+gradients and AdamW state about 16 GB in fp32, a 1/8 shard of it on each GPU), never run on eight
+H100s. The learning rates and step counts are the ``h100`` ones (twice the examples per step);
+if the loss spikes, lower ``train.lr`` first.
 
 **Streamed data.** The PaLI-3 stages of the GPU presets do not build a data set: their
 ``recipe.data`` is a :class:`StreamedPaLI3Data` (the ``mix`` and ``stage`` settings of every
@@ -42,8 +74,8 @@ never changes a batch). The transfer stage can run on a real data set instead:
 or :func:`hub_transfer_recipe`. The ``smoke`` presets keep the lessons' cached data (a few dozen
 scenes, built in a second).
 
-Only the batch size, gradient accumulation, precision and step counts differ between the GPU
-presets. They are **starting points, not measured fits**: the memory figures behind them are
+Only the batch size, gradient accumulation, precision and step counts differ between the
+single-GPU presets. They are **starting points, not measured fits**: the memory figures behind them are
 estimates (about 0.1 GB of activations per example at 224 px in bf16, 0.7 GB at 448 px with
 the whole model training). If a stage runs out of memory, halve ``data.batch_size`` and double
 ``train.grad_accum`` (``--set``), or add ``--checkpointing`` (:mod:`pali3_edu.speed`).
@@ -75,7 +107,7 @@ from pali3_edu.train import TrainConfig
 
 #: The stages in training order; each starts from the ones before it (``recipe.upstream``).
 STAGE_ORDER = ("siglip", "ul2", "pali3-stage1", "pali3-stage2", "pali3-transfer")
-SCALE_PRESETS = ("smoke", "colab-t4", "l4-a100", "h100")
+SCALE_PRESETS = ("smoke", "colab-t4", "l4-a100", "h100", "8xh100")
 
 # ---------------------------------------------------------------------------------------------
 # smoke: the micro recipes, a few steps, one history row per step
@@ -99,33 +131,88 @@ def _smoke(stage: str) -> Recipe:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelSize:
+    """One size of the GPU-scale model: the towers SigLIP and UL2 train and PaLI-3 joins.
+
+    vit: a ViT variant of :func:`pali3_edu.config.vit_variant` (``"B/16"``), SigLIP's image tower.
+    text_tower: SigLIP's text tower as ``(width, depth, mlp_dim, heads)``; its width is also the
+        shared embedding's.
+    encdec: a T5 v1.1 shape of :func:`pali3_edu.config.get_config` (``"t5-v1_1-base"``), UL2's
+        encoder-decoder and PaLI-3's.
+    """
+
+    vit: str
+    text_tower: tuple[int, int, int, int]
+    encdec: str
+
+
+#: The model sizes of the GPU presets (:attr:`Tier.size`).
+MODEL_SIZES: dict[str, ModelSize] = {
+    "base": ModelSize(vit="B/16", text_tower=(768, 12, 3072, 12), encdec="t5-v1_1-base"),
+    "large": ModelSize(vit="L/16", text_tower=(1024, 24, 4096, 16), encdec="t5-v1_1-large"),
+}
+
+
+def _model_size(size: str) -> ModelSize:
+    if size not in MODEL_SIZES:
+        raise ValueError(f"Unknown model size {size!r}; sizes: {', '.join(MODEL_SIZES)}.")
+    return MODEL_SIZES[size]
+
+
+def siglip_config(size: str = "base") -> SigLIPConfig:
+    """SigLIP of a :data:`MODEL_SIZES` size at 224 px: the ViT image tower and the text tower with
+    the course vocabulary; captions up to 32 tokens."""
+    s = _model_size(size)
+    width, depth, mlp_dim, heads = s.text_tower
+    return SigLIPConfig(
+        vision=get_config("vit", s.vit),
+        text=TextConfig(vocab_size=1792, max_len=32, width=width, depth=depth, mlp_dim=mlp_dim, heads=heads),
+        embed_dim=width,
+    )
+
+
+def t5_config(size: str = "base") -> Any:
+    """The T5 v1.1 shape of a :data:`MODEL_SIZES` size (vocabulary replaced by the tokenizer's when
+    the model is built); inputs up to 1024 tokens so that 784 visual tokens (448 px) + the prompt
+    fit."""
+    return get_config("encdec", _model_size(size).encdec, max_input_length=1024)
+
+
+def pali3_config(size: str = "base", image_size: int = 224) -> PaLI3Config:
+    """PaLI-3 of the two towers of a size: the SigLIP image tower without its pooling head, the UL2
+    encoder-decoder, and the course's sine-cosine code on the visual tokens."""
+    vision = dataclasses.replace(siglip_config(size).vision, pool="none", image_size=image_size)
+    return PaLI3Config(vision=vision, text=t5_config(size), max_prompt_len=24, max_answer_len=40,
+                       visual_posemb="sincos2d")
+
+
 def siglip_b16() -> SigLIPConfig:
     """SigLIP B/16 at 224 px: the ViT-B/16 image tower and a B-sized text tower (12 layers, width
     768) with the course vocabulary; captions up to 32 tokens."""
-    return SigLIPConfig(
-        vision=get_config("vit", "B/16"),
-        text=TextConfig(vocab_size=1792, max_len=32, width=768, depth=12, mlp_dim=3072, heads=12),
-        embed_dim=768,
-    )
+    return siglip_config("base")
 
 
 def t5_base() -> Any:
     """The T5-v1.1-base shape (vocabulary replaced by the tokenizer's when the model is built);
     inputs up to 1024 tokens so that 784 visual tokens (448 px) + the prompt fit."""
-    return get_config("encdec", "t5-v1_1-base", max_input_length=1024)
+    return t5_config("base")
 
 
 def pali3_base(image_size: int = 224) -> PaLI3Config:
-    """PaLI-3 of the two towers above: the SigLIP image tower without its pooling head, the UL2
-    encoder-decoder, and the course's sine-cosine code on the visual tokens."""
-    vision = dataclasses.replace(siglip_b16().vision, pool="none", image_size=image_size)
-    return PaLI3Config(vision=vision, text=t5_base(), max_prompt_len=24, max_answer_len=40,
-                       visual_posemb="sincos2d")
+    """PaLI-3 of the two base towers above (:func:`pali3_config` at the ``"base"`` size)."""
+    return pali3_config("base", image_size)
 
 
 @dataclasses.dataclass(frozen=True)
 class Tier:
-    """What differs between the GPU presets: precision, micro-batch sizes, accumulation, steps."""
+    """What differs between the GPU presets: precision, micro-batch sizes, accumulation, steps, and
+    for several GPUs the model size, the number of GPUs and how they share the work.
+
+    Batch sizes are global (the whole step on every GPU together) and must divide by ``gpus``;
+    ``parallel`` is :attr:`pali3_edu.train.TrainConfig.parallel` (``"ddp"`` or ``"fsdp"`` when
+    ``gpus > 1``). The defaults of ``size``, ``gpus`` and ``parallel`` are the single-GPU presets'.
+    """
 
     amp: str
     siglip_batch: int
@@ -137,6 +224,24 @@ class Tier:
     checkpoint_every: int
     scenes_224: int = 20_000  # SigLIP's cached data set
     stream_scenes: int = 1_000_000  # the PaLI-3 stages draw their streamed scenes from this many
+    size: str = "base"  # a key of MODEL_SIZES
+    gpus: int = 1  # torchrun --nproc_per_node
+    parallel: str = "none"  # TrainConfig.parallel
+
+    def __post_init__(self) -> None:
+        _model_size(self.size)
+        if self.gpus < 1:
+            raise ValueError(f"Tier.gpus must be at least 1, got {self.gpus}.")
+        if (self.gpus > 1) != (self.parallel != "none"):
+            raise ValueError(f"Tier with gpus={self.gpus} and parallel={self.parallel!r}: several GPUs need "
+                             "parallel='ddp' or 'fsdp', one GPU parallel='none'.")
+        micro = {"siglip_batch": self.siglip_batch, "ul2_batch": self.ul2_batch,
+                 "stage1_batch": self.stage1_batch[0], "stage2_batch": self.stage2_batch[0],
+                 "transfer_batch": self.transfer_batch[0]}
+        for name, batch in micro.items():
+            if batch % self.gpus:
+                raise ValueError(f"Tier.{name}: the global micro-batch {batch} does not divide by gpus={self.gpus}; "
+                                 "every GPU trains an equal share of it. Use a multiple of the number of GPUs.")
 
 
 TIERS: dict[str, Tier] = {
@@ -158,6 +263,13 @@ TIERS: dict[str, Tier] = {
                  steps={"siglip": 3000, "ul2": 4000, "pali3-stage1": 3000, "pali3-stage2": 600,
                         "pali3-transfer": 600},
                  checkpoint_every=250),
+    # one node of 8 H100s, 80 GB each, bf16, FSDP2, the large model: global batches, 1/8 per GPU
+    # (sized on paper, not measured: see the module docstring)
+    "8xh100": Tier("bf16", siglip_batch=1024, ul2_batch=512, stage1_batch=(256, 1), stage2_batch=(64, 2),
+                   transfer_batch=(128, 1),
+                   steps={"siglip": 3000, "ul2": 4000, "pali3-stage1": 3000, "pali3-stage2": 600,
+                          "pali3-transfer": 600},
+                   checkpoint_every=250, size="large", gpus=8, parallel="fsdp"),
 }
 
 
@@ -255,7 +367,7 @@ def hub_transfer_recipe(preset: str, source: str, *, split: str | None = None, p
 
 def _train(tier: Tier, stage: str, **kwargs: Any) -> TrainConfig:
     return TrainConfig(steps=tier.steps[stage], amp_dtype=tier.amp, log_every=10,
-                       checkpoint_every=tier.checkpoint_every, **kwargs)
+                       checkpoint_every=tier.checkpoint_every, parallel=tier.parallel, **kwargs)
 
 
 def _gpu(preset: str, stage: str) -> Recipe:
@@ -268,11 +380,11 @@ def _gpu(preset: str, stage: str) -> Recipe:
     tier = TIERS[preset]
     up = lambda **roles: {role: (s, preset) for role, s in roles.items()}  # noqa: E731
     if stage == "siglip":
-        return Recipe(stage, preset, siglip_b16(),
+        return Recipe(stage, preset, siglip_config(tier.size),
                       SigLIPData(num_scenes=tier.scenes_224, batch_size=tier.siglip_batch),
                       _train(tier, stage, lr=5e-4, warmup_steps=300, weight_decay=1e-4))
     if stage == "ul2":
-        return Recipe(stage, preset, t5_base(),
+        return Recipe(stage, preset, t5_config(tier.size),
                       UL2DataSettings(train_scenes=20_000, val_scenes=500, chunk_len=128,
                                       batch_size=tier.ul2_batch),
                       _train(tier, stage, lr=1e-3, warmup_steps=300, weight_decay=0.01))
@@ -280,7 +392,7 @@ def _gpu(preset: str, stage: str) -> Recipe:
     if stage == "pali3-stage1":
         batch, accum = tier.stage1_batch
         mix = MultimodalSettings(num_scenes=tier.stream_scenes, batch_size=batch, loc_levels=64)
-        return Recipe(stage, preset, pali3_base(224), StreamedPaLI3Data(mix, StageSettings()),
+        return Recipe(stage, preset, pali3_config(tier.size, 224), StreamedPaLI3Data(mix, StageSettings()),
                       _train(tier, stage, lr=1e-3, warmup_steps=200, weight_decay=0.01, grad_accum=accum),
                       up(vision="siglip", text="ul2"))
     if stage == "pali3-stage2":
@@ -288,7 +400,7 @@ def _gpu(preset: str, stage: str) -> Recipe:
         mix = MultimodalSettings(num_scenes=tier.stream_scenes, batch_size=batch, loc_levels=64)
         settings = StageSettings(freeze_vision=False, vision_lr_scale=0.3, ordinal_loc_init=False,
                                  image_size=448)
-        return Recipe(stage, preset, pali3_base(448), StreamedPaLI3Data(mix, settings),
+        return Recipe(stage, preset, pali3_config(tier.size, 448), StreamedPaLI3Data(mix, settings),
                       _train(tier, stage, lr=2e-4, warmup_steps=50, weight_decay=0.01, grad_accum=accum),
                       up(previous="pali3-stage1"))
     if stage == "pali3-transfer":
@@ -296,7 +408,7 @@ def _gpu(preset: str, stage: str) -> Recipe:
         mix = MultimodalSettings(num_scenes=tier.stream_scenes, batch_size=batch, loc_levels=64,
                                  task_weights={"refer": 1.0})
         settings = StageSettings(freeze_vision=True, ordinal_loc_init=False)
-        return Recipe(stage, preset, pali3_base(448), StreamedPaLI3Data(mix, settings),
+        return Recipe(stage, preset, pali3_config(tier.size, 448), StreamedPaLI3Data(mix, settings),
                       _train(tier, stage, lr=2e-4, warmup_steps=50, weight_decay=0.01, grad_accum=accum),
                       up(previous="pali3-stage2"))
     raise ValueError(f"Unknown stage {stage!r}; stages: {', '.join(STAGE_ORDER)}")
@@ -338,6 +450,6 @@ def register() -> None:
 base._load_stage_modules()  # the stages first (when base does not import this module itself)
 register()
 
-__all__ = ["SCALE_PRESETS", "STAGE_ORDER", "TIERS", "StreamSettings", "StreamedPaLI3Data", "Tier",
-           "build_streamed_data", "hub_transfer_recipe", "pali3_base", "register", "scale_recipe", "siglip_b16",
-           "t5_base"]
+__all__ = ["MODEL_SIZES", "SCALE_PRESETS", "STAGE_ORDER", "TIERS", "ModelSize", "StreamSettings",
+           "StreamedPaLI3Data", "Tier", "build_streamed_data", "hub_transfer_recipe", "pali3_base", "pali3_config",
+           "register", "scale_recipe", "siglip_b16", "siglip_config", "t5_base", "t5_config"]

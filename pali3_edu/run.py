@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--recipe ul2 --preset h100 --set train.grad_accum=2",
     )
     p.add_argument("--recipe", help=f"a stage ({', '.join(STAGE_ORDER)}) or 'all'")
-    p.add_argument("--preset", help="smoke, colab-t4, l4-a100, h100 (or the lessons' tiny-cpu, micro)")
+    p.add_argument("--preset", help="smoke, colab-t4, l4-a100, h100, 8xh100 (or the lessons' tiny-cpu, micro)")
     p.add_argument("--list", action="store_true", help="list every stage and its presets, then exit")
     p.add_argument("--steps", type=positive_int, help="optimizer steps (train.steps)")
     p.add_argument("--batch-size", type=positive_int, help="examples per micro-batch (the stage's batch_size)")

@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     from pali3_edu.bench.__main__ import positive_float, positive_int
 
     parser = argparse.ArgumentParser(prog="python -m pali3_edu.bench train", description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="smoke", help="recipe preset: smoke, colab-t4, l4-a100, h100, ...")
+    parser.add_argument("--preset", default="smoke", help="recipe preset: smoke, colab-t4, l4-a100, h100, 8xh100, ...")
     parser.add_argument("--stage", default="pali3-stage1",
                         help="pali3-stage1 (ViT frozen), pali3-stage2, pali3-transfer")
     parser.add_argument("--steps", type=positive_int, default=5, help="timed steps per model")

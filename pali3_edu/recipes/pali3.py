@@ -127,7 +127,7 @@ def _presets(stage: str) -> dict[str, Recipe]:
             "tiny-cpu": _recipe(stage, "tiny-cpu", stage2(tiny, 128),
                                 PaLI3Data(MultimodalSettings(num_scenes=2000),
                                           dataclasses.replace(settings, image_size=128)),
-                                {"previous": ("pali3-stage1", "tiny-cpu")}, steps=300, lr=5e-4, warmup_steps=30),
+                                {"previous": ("pali3-stage1", "tiny-cpu")}, steps=150, lr=5e-4, warmup_steps=15),
             "micro": _recipe(stage, "micro", stage2(micro, 64),
                              PaLI3Data(MultimodalSettings(num_scenes=32, batch_size=4),
                                        dataclasses.replace(settings, image_size=64)),
@@ -141,7 +141,7 @@ def _presets(stage: str) -> dict[str, Recipe]:
         return {
             "tiny-cpu": _recipe(stage, "tiny-cpu", big,
                                 PaLI3Data(MultimodalSettings(num_scenes=2000, task_weights=refer), settings),
-                                {"previous": ("pali3-stage2", "tiny-cpu")}, steps=300, lr=5e-4, warmup_steps=30),
+                                {"previous": ("pali3-stage2", "tiny-cpu")}, steps=150, lr=5e-4, warmup_steps=15),
             "micro": _recipe(stage, "micro",
                              dataclasses.replace(micro, vision=dataclasses.replace(micro.vision, image_size=64)),
                              PaLI3Data(MultimodalSettings(num_scenes=32, batch_size=4, task_weights=refer), settings),

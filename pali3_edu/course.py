@@ -55,9 +55,11 @@ LESSONS: tuple[Lesson, ...] = (
            "RMSNorm, relative position buckets, gated-GELU, cross-attention, the KV cache"),
     Lesson("07", "07_ul2_pretraining.ipynb", "mixture-of-denoisers pretraining; greedy, beam and sampled decoding"),
     Lesson("08", "08_pali3_model.ipynb",
-           "the projector, visual tokens + prompt into the encoder, the answer-only loss, the full forward"),
+           "the projector, visual tokens + prompt into the encoder, the answer-only loss, the full forward, "
+           "a linear probe of what the patch tokens carry"),
     Lesson("09", "09_stage1_multimodal.ipynb",
-           "stage 1: the task mixture with a frozen ViT, per-task evaluation, the SigLIP-vs-random ablation"),
+           "stage 1: the task mixture with a frozen ViT, per-task evaluation, the SigLIP-vs-random ablation "
+           "over three seeds"),
     Lesson("10", "10_stage2_resolution.ipynb",
            "stage 2: position-embedding interpolation, cost of resolution, fine-tuning at 128 px"),
     Lesson("11", "11_transfer_and_evaluation.ipynb",

@@ -36,15 +36,8 @@ from pali3_edu.pali3 import PaLI3, PaLI3Config
 OUT = dict(rtol=1e-5, atol=2e-5)  # outputs
 GRAD = dict(rtol=1e-4, atol=1e-5)  # gradients: sums of many terms, in another order
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore:.*flex_attention called without torch.compile"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture

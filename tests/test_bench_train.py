@@ -19,13 +19,7 @@ from pali3_edu.pali3 import PaLI3
 from pali3_edu.recipes import scale  # noqa: F401
 from pali3_edu.recipes.base import get_recipe
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_bench_runs_at_smoke_and_ends_with_the_ratio(capsys):

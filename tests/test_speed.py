@@ -33,12 +33,7 @@ from pali3_edu.speed import (
 TOL = dict(rtol=1e-5, atol=1e-6)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _cfg(dropout: float = 0.0, depth: int = 2) -> PaLI3Config:

@@ -20,15 +20,7 @@ from pali3_edu.recipes.ul2 import (
 )
 from pali3_edu.train import load_checkpoint
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The micro model's matrices are tiny: one thread is faster than two (and does not spin
-    when the CPU is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

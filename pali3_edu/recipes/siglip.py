@@ -387,7 +387,7 @@ PRESETS: dict[str, Recipe] = {
     "tiny-cpu": _recipe("tiny-cpu", get_config("siglip", "tiny-cpu"), SigLIPData(),
                         steps=450, lr=1e-3, warmup_steps=45),
     # the tiny-cpu model trained about 13x longer, on more scenes with extra single-object ones
-    # (about an hour on a 2-core CPU: `python -m pali3_edu.train --recipe siglip --preset long-cpu`)
+    # (about 25 minutes on a quiet 2-core CPU: `python -m pali3_edu.train --recipe siglip --preset long-cpu`)
     "long-cpu": _recipe("long-cpu", get_config("siglip", "tiny-cpu"),
                         SigLIPData(num_scenes=12000, single_object_scenes=6000),
                         steps=6000, lr=1e-3, warmup_steps=300, checkpoint_every=200),

@@ -1,15 +1,13 @@
 """The multi-process sigmoid loss with gloo on CPU: loss and gradients equal the single-process ones."""
 
 import os
-import socket
 import tempfile
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from gloo import join_group, spawn
 
 from pali3_edu.siglip import distributed_sigmoid_loss, sigmoid_loss
 
@@ -24,9 +22,7 @@ def _global_batch(world):
 
 
 def _worker(rank, world, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=__import__("datetime").timedelta(seconds=60))
+    join_group(rank, world, port)
     try:
         x, y = _global_batch(world)
         rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
@@ -41,24 +37,6 @@ def _worker(rank, world, port, out_dir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(world, out_dir, timeout=90):
-    ctx = mp.start_processes(_worker, args=(world, _free_port(), out_dir), nprocs=world, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"distributed workers did not finish within {timeout} s")
-
-
 @pytest.mark.parametrize("world", [2, 3])
 def test_distributed_loss_and_grads_match_single_process(world):
     x, y = _global_batch(world)
@@ -69,7 +47,7 @@ def test_distributed_loss_and_grads_match_single_process(world):
     ref.backward()
 
     with tempfile.TemporaryDirectory() as out_dir:
-        _spawn(world, out_dir)
+        spawn(_worker, world, out_dir)
         results = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(world)]
 
     for r, res in enumerate(results):

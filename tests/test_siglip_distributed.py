@@ -7,15 +7,12 @@ Under DDP and under FSDP2; FSDP2 cannot shard the 0-d temperature and bias, whic
 leaves whole on every rank and whose gradients ``gradient_sync`` averages by hand: the state
 dict keeps its shapes, and resuming an FSDP2 run is exact."""
 
-import datetime
 import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo import join_group, spawn
 from torch import nn
 
 from pali3_edu.config import SigLIPConfig, TextConfig, ViTConfig
@@ -77,9 +74,7 @@ def _replicated_checks(rank: int) -> dict:
 
 
 def _worker(rank, world, port, folder):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    join_group(rank, world, port)
     try:
         out = {name: _run(name, folder, parallel=True).rows for name in SCENARIOS}
         for name in RESUMED:
@@ -98,24 +93,10 @@ def _worker(rank, world, port, folder):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("siglip_dist"))
-    ctx = mp.start_processes(_worker, args=(WORLD, _free_port(), folder), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 240
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail("distributed workers did not finish within 240 s")
+    spawn(_worker, WORLD, folder, timeout=240)
     return folder, [torch.load(os.path.join(folder, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
 
 

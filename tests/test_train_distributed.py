@@ -3,15 +3,12 @@ batch: DDP, DDP with gradient accumulation, FSDP2 with parameter groups, and res
 mean over rows and for a token-mean loss whose ranks hold very different numbers of tokens
 (``tokens_*``: the loop weighs each rank's mean by its count, see ``pali3_edu.train``)."""
 
-import datetime
 import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo import join_group, spawn
 from test_train import token_batch, token_loss
 from torch import nn
 
@@ -97,9 +94,7 @@ def _nan_run(folder: str) -> str:
 
 
 def _worker(rank, world, port, folder):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+    join_group(rank, world, port)
     try:
         out = {}
         for name in SCENARIOS:
@@ -116,28 +111,10 @@ def _worker(rank, world, port, folder):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(folder, timeout=240):
-    ctx = mp.start_processes(_worker, args=(WORLD, _free_port(), folder), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"distributed workers did not finish within {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("dist"))
-    _spawn(folder)
+    spawn(_worker, WORLD, folder, timeout=240)
     ranks = [torch.load(os.path.join(folder, f"rank{r}.pt"), weights_only=True) for r in range(WORLD)]
     return folder, ranks
 

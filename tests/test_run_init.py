@@ -8,18 +8,16 @@ from them, then stage 2 and transfer, and never the course's own SigLIP and UL2 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
 import torch
 from test_pretrained_init import ckpt, plain_spm  # noqa: F401  (the fixtures: checkpoints in folders)
+from test_run import _main
 
 from pali3_edu.checkpoint import load_checkpoint
 from pali3_edu.convert.pretrained import load_pretrained_encdec, load_pretrained_vit
 from pali3_edu.recipes.base import get_recipe
-from pali3_edu.run import main
 
 
 @pytest.fixture()
@@ -30,13 +28,6 @@ def data(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     yield tmp_path / "data"
     torch.set_num_threads(threads)
-
-
-def _main(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
 
 
 # T5's vocabulary splits the course's words into more pieces: longer texts, and little data

@@ -309,6 +309,9 @@ def load_or_train(
     recipe is reported (what changed) and trained again; an interrupted run resumes.
     ``stop_after`` stops after that many steps as if interrupted (the lessons show resuming).
     ``retrain=True`` deletes the cache first. Runs with ``overrides`` are cached separately.
+    A preset with a checkpoint shipped in the package (:mod:`pali3_edu.shipped`, the ``long-cpu``
+    runs) is loaded from it when ``data/runs/`` has no run of it and the fingerprints match;
+    ``retrain=True`` trains it instead.
     """
     from pali3_edu.tokenizer import course_tokenizer
 
@@ -336,6 +339,11 @@ def load_or_train(
         history.resumed_from = int(state["step"])
         return TrainedRun(model.to(dev).eval(), tokenizer, history, recipe, True, path)
 
+    if state is None and not retrain and cache_name is None and stop_after is None:
+        shipped = _shipped_run(recipe, device)
+        if shipped is not None:
+            return shipped
+
     model = spec.build_model(recipe, tokenizer)
     if spec.init is not None and state is None:
         spec.init(model, recipe, progress=progress)
@@ -345,6 +353,21 @@ def load_or_train(
                     device=device, param_groups=groups, progress=progress, stop_after=stop_after,
                     meta=_meta(recipe))
     return TrainedRun(model.eval(), tokenizer, history, recipe, False, path)
+
+
+def _shipped_run(recipe: Recipe, device: torch.device | str | None) -> TrainedRun | None:
+    """The checkpoint shipped with the package for this preset (:mod:`pali3_edu.shipped`), if
+    there is one and it was trained from exactly this recipe; otherwise ``None`` (and the reason
+    when a shipped file is refused)."""
+    from pali3_edu.shipped import ShippedCheckpointError, load_shipped, shipped_path
+
+    if not shipped_path(recipe.stage, recipe.preset).exists():
+        return None
+    try:
+        return load_shipped(recipe, device=device)
+    except ShippedCheckpointError as err:
+        print(f"{err} Training instead.")
+        return None
 
 
 def trainable(modules: Iterable[nn.Module]) -> list[nn.Parameter]:

@@ -110,6 +110,8 @@ def _presets(stage: str) -> dict[str, Recipe]:
     micro = dataclasses.replace(micro, vision=dataclasses.replace(micro.vision, image_size=32))
     assert micro_siglip_config(32).vision.width == micro.vision.width
     if stage == "pali3-stage1":
+        from pali3_edu.recipes.scale import StreamedPaLI3Data  # streamed scenes for long-cpu
+
         up = lambda p: {"vision": ("siglip", p), "text": ("ul2", p)}  # noqa: E731
         return {
             "tiny-cpu": _recipe(stage, "tiny-cpu", tiny, PaLI3Data(), up("tiny-cpu"),
@@ -117,6 +119,12 @@ def _presets(stage: str) -> dict[str, Recipe]:
             "micro": _recipe(stage, "micro", micro,
                              PaLI3Data(MultimodalSettings(num_scenes=64, batch_size=8)), up("micro"),
                              steps=8, lr=2e-3, warmup_steps=2),
+            # hours on a 2-core CPU, shipped with the package (see pali3_edu.shipped): the same
+            # model on the long-cpu SigLIP, with a fresh scene for every example
+            "long-cpu": _recipe(stage, "long-cpu", tiny,
+                                StreamedPaLI3Data(MultimodalSettings(num_scenes=1_000_000), StageSettings()),
+                                {"vision": ("siglip", "long-cpu"), "text": ("ul2", "tiny-cpu")},
+                                steps=20000, lr=2e-3, warmup_steps=300, checkpoint_every=200),
         }
     if stage == "pali3-stage2":
         def stage2(base: PaLI3Config, size: int) -> PaLI3Config:

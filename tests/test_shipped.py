@@ -1,0 +1,143 @@
+"""Checkpoints shipped with the package (pali3_edu.shipped): export, load, and refusal of stale or
+damaged files. On the micro SigLIP preset (seconds), in a private data folder and shipped folder."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from pali3_edu import shipped
+from pali3_edu.recipes import load_or_train
+from pali3_edu.recipes.base import get_recipe
+from pali3_edu.shipped import ShippedCheckpointError, export_run, load_shipped, read_shipped, shipped_path
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        data = tmp_path_factory.mktemp("data")
+        mp.setenv("PALI3_EDU_DATA", str(data))
+        folder = tmp_path_factory.mktemp("shipped")
+        mp.setattr(shipped, "SHIPPED_DIR", folder)
+        run = load_or_train("siglip", "micro", progress=False, device="cpu")
+        path = export_run("siglip", "micro")
+        yield run, path, data, folder
+
+
+@pytest.fixture
+def private(exported, monkeypatch):
+    run, path, data, folder = exported
+    monkeypatch.setenv("PALI3_EDU_DATA", str(data))
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", folder)
+    return exported
+
+
+def test_export_writes_half_precision_weights_and_the_recipe(private):
+    run, path, _, folder = private
+    assert path == shipped_path("siglip", "micro") and path.parent == folder
+    tensors, meta = read_shipped(path)
+    assert meta["fingerprint"] == get_recipe("siglip", "micro").fingerprint()
+    assert json.loads(meta["identity"]) == json.loads(json.dumps(get_recipe("siglip", "micro").identity()))
+    floats = [v for v in tensors.values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    assert set(tensors) == set(run.model.state_dict())
+
+
+def test_the_shipped_model_equals_the_trained_one_up_to_float16(private):
+    run, _, _, _ = private
+    loaded = load_shipped("siglip", "micro", device="cpu")
+    assert loaded.loaded and loaded.recipe.fingerprint() == run.recipe.fingerprint()
+    assert loaded.history.losses == run.history.losses
+    for k, v in run.model.state_dict().items():
+        w = loaded.model.state_dict()[k]
+        assert w.dtype == v.dtype
+        assert torch.allclose(w, v.half().to(v.dtype)), k  # exactly the float16 rounding
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        a, b = run.model.encode_image(images)[0], loaded.model.encode_image(images)[0]
+    assert torch.allclose(a, b, atol=2e-2)
+
+
+def test_load_or_train_uses_a_shipped_run_when_nothing_is_cached(private, tmp_path, monkeypatch):
+    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path))  # an empty data folder: no cached run
+    run = load_or_train("siglip", "micro", progress=False, device="cpu")
+    assert run.loaded and run.path == shipped_path("siglip", "micro")
+    assert not (tmp_path / "runs" / "siglip-micro").exists()  # nothing was trained
+    # retrain=True trains instead (the documented way to reproduce a shipped run)
+    again = load_or_train("siglip", "micro", progress=False, device="cpu", retrain=True)
+    assert not again.loaded and (tmp_path / "runs" / "siglip-micro" / "checkpoint").exists()
+
+
+def test_a_stale_shipped_checkpoint_is_refused_with_what_changed(private, tmp_path, monkeypatch, capsys):
+    _, path, _, folder = private
+    recipe = get_recipe("siglip", "micro", **{"train.lr": 5e-4})
+    with pytest.raises(ShippedCheckpointError, match=r"another recipe.*train\.lr.*python -m pali3_edu\.train"):
+        load_shipped(recipe)
+    # load_or_train says so and trains instead of using it
+    tensors, meta = read_shipped(path)
+    meta["fingerprint"] = "0" * 16
+    (tmp_path / "stale").mkdir()
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "stale")
+    save_file(tensors, str(shipped_path("siglip", "micro")), metadata=meta)
+    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path / "data"))
+    run = load_or_train("siglip", "micro", progress=False, device="cpu")
+    assert not run.loaded
+    assert "trained from another recipe" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "wrong format", "missing tensor"])
+def test_a_damaged_shipped_checkpoint_is_refused(private, tmp_path, monkeypatch, damage):
+    _, path, _, _ = private
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path)
+    target = shipped_path("siglip", "micro")
+    blob = path.read_bytes()
+    if damage == "truncated":
+        target.write_bytes(blob[: len(blob) // 2])
+    elif damage == "garbage":
+        target.write_bytes(b"\x80\x04import os; os.system('echo pwned')" + blob[:100])
+    else:
+        tensors, meta = read_shipped(path)
+        if damage == "wrong format":
+            meta["format"] = "something-else"
+        else:
+            tensors.pop(sorted(tensors)[0])
+        save_file(tensors, str(target), metadata=meta)
+    with pytest.raises(ShippedCheckpointError, match="damaged|not a pali3-edu|does not match"):
+        load_shipped("siglip", "micro")
+
+
+def test_export_refuses_a_missing_or_unfinished_run(private, tmp_path, monkeypatch):
+    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path))
+    with pytest.raises(ShippedCheckpointError, match="train it first"):
+        export_run("siglip", "micro", directory=tmp_path / "out")
+    load_or_train("siglip", "micro", progress=False, device="cpu", retrain=True, stop_after=3)
+    with pytest.raises(ShippedCheckpointError, match="step 3 of"):
+        export_run("siglip", "micro", directory=tmp_path / "out")
+
+
+def test_a_missing_shipped_checkpoint_says_how_to_train_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path)
+    with pytest.raises(ShippedCheckpointError, match="--recipe siglip --preset micro"):
+        load_shipped("siglip", "micro")
+
+
+def test_the_checkpoints_in_the_package_are_current():
+    """Every shipped file matches its recipe in this checkout: a change to the code or settings
+    that would make one stale fails here, not silently in a lesson."""
+    package = Path(shipped.__file__).parent / "recorded" / "checkpoints"  # not a test's private folder
+    names = shipped.shipped_runs(package)
+    assert "siglip-long-cpu" in names
+    for name in names:
+        path = package / f"{name}.safetensors"
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata()
+        recipe = get_recipe(meta["stage"], meta["preset"])
+        assert meta["fingerprint"] == recipe.fingerprint(), (
+            f"{name} is stale: retrain it (python -m pali3_edu.train --recipe {meta['stage']} --preset "
+            f"{meta['preset']}) and export it again (python -m pali3_edu.shipped export ...)")
+        assert path.stat().st_size < 8 * 2**20  # small files only

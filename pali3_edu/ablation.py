@@ -3,8 +3,8 @@
 The paper's central claim is that a contrastively pretrained image encoder makes a better
 vision-language model. At course scale the test is: the same stage-1 recipe and budget, the ViT
 frozen in both arms, and only its initialisation changed (``data.stage.vision_init``:
-``"siglip"``, lesson 04's ViT, or ``"random"``). One run per arm cannot separate a small gap from
-seed noise, so each arm is trained with several seeds (``train.seed``: the projector's
+``"siglip"``, the ViT of stage 1's upstream SigLIP run, or ``"random"``). One run per arm cannot
+separate a small gap from seed noise, so each arm is trained with several seeds (``train.seed``: the projector's
 initialisation and the order of the batches) and scored on held-out ``val`` scenes.
 
 Running it trains ``len(variants) × len(seeds)`` stage-1 models (about 25 minutes on a 2-core CPU

@@ -141,3 +141,16 @@ def test_the_checkpoints_in_the_package_are_current():
             f"{name} is stale: retrain it (python -m pali3_edu.train --recipe {meta['stage']} --preset "
             f"{meta['preset']}) and export it again (python -m pali3_edu.shipped export ...)")
         assert path.stat().st_size < 8 * 2**20  # small files only
+
+
+def test_package_data_includes_every_recorded_file():
+    """A plain (non-editable) install carries the shipped checkpoints and recorded tables."""
+    import fnmatch
+    import tomllib
+
+    root = Path(shipped.__file__).parent
+    patterns = tomllib.loads((root.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["pali3_edu"]
+    files = [p.relative_to(root).as_posix() for p in (root / "recorded").rglob("*") if p.is_file()]
+    assert any(f.endswith(".safetensors") for f in files)
+    missed = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
+    assert not missed, f"add these to [tool.setuptools.package-data] in pyproject.toml: {missed}"

@@ -69,7 +69,7 @@ class MultimodalSettings:
 class StageSettings:
     """How a stage starts and what it trains."""
 
-    vision_init: str = "siglip"  # "siglip": the lesson-04 ViT; "random": the paper's ablation
+    vision_init: str = "siglip"  # "siglip": the upstream SigLIP's ViT; "random": the paper's ablation
     text_init: str = "ul2"  # "ul2": the lesson-07 encoder-decoder; "random"
     freeze_vision: bool = True
     vision_lr_scale: float = 1.0  # when the ViT trains: its learning rate relative to the rest
@@ -113,8 +113,11 @@ def _presets(stage: str) -> dict[str, Recipe]:
         from pali3_edu.recipes.scale import StreamedPaLI3Data  # streamed scenes for long-cpu
 
         up = lambda p: {"vision": ("siglip", p), "text": ("ul2", p)}  # noqa: E731
+        LONG_SIGLIP = {"vision": ("siglip", "long-cpu"), "text": ("ul2", "tiny-cpu")}  # noqa: N806
         return {
-            "tiny-cpu": _recipe(stage, "tiny-cpu", tiny, PaLI3Data(), up("tiny-cpu"),
+            # the ViT of SigLIP's long-cpu run (lesson 04 shows it; shipped, see pali3_edu.shipped):
+            # its patch tokens tell shapes apart, those of the 450-step tiny-cpu run hardly
+            "tiny-cpu": _recipe(stage, "tiny-cpu", tiny, PaLI3Data(), LONG_SIGLIP,
                                 steps=1500, lr=2e-3, warmup_steps=100),
             "micro": _recipe(stage, "micro", micro,
                              PaLI3Data(MultimodalSettings(num_scenes=64, batch_size=8)), up("micro"),
@@ -123,8 +126,7 @@ def _presets(stage: str) -> dict[str, Recipe]:
             # model on the long-cpu SigLIP, with a fresh scene for every example
             "long-cpu": _recipe(stage, "long-cpu", tiny,
                                 StreamedPaLI3Data(MultimodalSettings(num_scenes=1_000_000), StageSettings()),
-                                {"vision": ("siglip", "long-cpu"), "text": ("ul2", "tiny-cpu")},
-                                steps=20000, lr=2e-3, warmup_steps=300, checkpoint_every=200),
+                                LONG_SIGLIP, steps=20000, lr=2e-3, warmup_steps=300, checkpoint_every=200),
         }
     if stage == "pali3-stage2":
         def stage2(base: PaLI3Config, size: int) -> PaLI3Config:

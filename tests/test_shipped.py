@@ -154,3 +154,20 @@ def test_package_data_includes_every_recorded_file():
     assert any(f.endswith(".safetensors") for f in files)
     missed = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
     assert not missed, f"add these to [tool.setuptools.package-data] in pyproject.toml: {missed}"
+
+
+def test_the_lessons_never_have_to_train_a_long_run():
+    """Every long-cpu run that a lesson's recipe starts from (directly or through earlier stages)
+    is shipped and current, so a fresh checkout runs the lessons in minutes."""
+    package = Path(shipped.__file__).parent / "recorded" / "checkpoints"
+    names = set(shipped.shipped_runs(package))
+    seen, todo = set(), [("pali3-stage1", "tiny-cpu"), ("pali3-stage2", "tiny-cpu"), ("pali3-transfer", "tiny-cpu")]
+    while todo:
+        stage, preset = todo.pop()
+        if (stage, preset) in seen:
+            continue
+        seen.add((stage, preset))
+        todo += list(get_recipe(stage, preset).upstream.values())
+    long_runs = {f"{s}-{p}" for s, p in seen if p == "long-cpu"}
+    assert long_runs == {"siglip-long-cpu"}
+    assert long_runs <= names

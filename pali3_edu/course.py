@@ -58,8 +58,8 @@ LESSONS: tuple[Lesson, ...] = (
            "the projector, visual tokens + prompt into the encoder, the answer-only loss, the full forward, "
            "a linear probe of what the patch tokens carry"),
     Lesson("09", "09_stage1_multimodal.ipynb",
-           "stage 1: the task mixture with a frozen ViT, per-task evaluation, the SigLIP-vs-random ablation "
-           "over three seeds"),
+           "stage 1: the task mixture with a frozen ViT, per-task evaluation, a shipped run 13× longer, the "
+           "SigLIP-vs-random ablation over three seeds"),
     Lesson("10", "10_stage2_resolution.ipynb",
            "stage 2: position-embedding interpolation, cost of resolution, fine-tuning at 128 px"),
     Lesson("11", "11_transfer_and_evaluation.ipynb",
@@ -95,10 +95,15 @@ def lesson_table(record: dict | None = None) -> str:
                     f"{_format_seconds(t) if t is not None else '–'} |")
     machine, date = record.get("machine"), record.get("date")
     total = sum(times.get(lesson.file, 0.0) for lesson in existing_lessons())
-    note = (f"\nCPU: wall-clock time of each lesson in one fresh run (empty `data/`, so datasets, tokenizer "
-            f"and models are built), on {machine}, {date}; {_format_seconds(total)} for all of them. "
-            "Recorded by `python -m pali3_edu.course record`." if machine else
-            "\nNo recorded run yet: `python -m pali3_edu.course record` measures the times.")
+    if not machine:
+        note = "\nNo recorded run yet: `python -m pali3_edu.course record` measures the times."
+    elif record.get("note"):  # some lessons were re-recorded after the last full run
+        note = (f"\nCPU: wall-clock time of each lesson on {machine}; {_format_seconds(total)} for all of them. "
+                f"{record['note']} Recorded by `python -m pali3_edu.course record`.")
+    else:
+        note = (f"\nCPU: wall-clock time of each lesson in one fresh run (empty `data/`, so datasets, tokenizer "
+                f"and models are built), on {machine}, {date}; {_format_seconds(total)} for all of them. "
+                "Recorded by `python -m pali3_edu.course record`.")
     return "\n".join(rows) + "\n" + note
 
 
@@ -149,6 +154,14 @@ def record_times(numbers: list[str] | None = None, timeout: int = 3600, data: Pa
     data.mkdir(parents=True, exist_ok=True)
     record["machine"] = _machine()
     record["date"] = _dt.date.today().isoformat()
+    if len(chosen) < len(existing_lessons()) or keep:
+        done = ", ".join(lesson.number for lesson in chosen)
+        how = ("with a prepared data folder (what they need from earlier lessons already cached)" if keep
+               else "from an empty data folder")
+        record["note"] = (f"Lessons {done} were re-recorded on {record['date']} {how}; the others come from "
+                          "the last full run from an empty data folder.")
+    else:
+        record.pop("note", None)
     env = dict(os.environ, PALI3_EDU_DATA=str(data))
     try:
         for lesson in chosen:

@@ -33,3 +33,22 @@ def test_table_uses_recorded_times(tmp_path):
 def test_readme_without_markers_is_refused():
     with pytest.raises(ValueError, match="markers"):
         course.readme_with_table("# no table here")
+
+
+def test_a_partial_re_recording_is_said_so(tmp_path, monkeypatch):
+    """Re-recording some lessons must not leave the table claiming one fresh run of all of them."""
+    import subprocess
+
+    record = {"machine": "a test machine", "date": "2026-01-01",
+              "seconds": {lesson.file: 30.0 for lesson in course.existing_lessons()}}
+    path = tmp_path / "times.json"
+    path.write_text(json.dumps(record))
+    monkeypatch.setattr(course, "RECORD", path)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: None)  # no notebook is executed
+    monkeypatch.setattr(course, "strip_run_metadata", lambda p: None)
+    first = course.existing_lessons()[0].number
+    out = course.record_times([first], data=tmp_path / "data")
+    table = course.lesson_table(out)
+    assert f"Lessons {first} were re-recorded" in table and "one fresh run" not in table
+    out = course.record_times()  # a full run from an empty folder: the plain note again
+    assert "note" not in out and "one fresh run" in course.lesson_table(out)

@@ -16,7 +16,7 @@ JSON only (safetensors runs no code).
 
 :func:`load_shipped` returns a shipped run or raises :class:`ShippedCheckpointError` (what is
 wrong and how to retrain); :func:`pali3_edu.recipes.load_or_train` uses it when there is no run in
-``data/runs/`` and trains when it is refused.
+``data/runs/``, and passes the refusal on rather than starting hours of training unannounced.
 
 >>> sorted(shipped_runs())  # doctest: +SKIP
 ['pali3-stage1-long-cpu', 'siglip-long-cpu']
@@ -54,7 +54,7 @@ def shipped_runs(directory: Path | str | None = None) -> list[str]:
 
 def _retrain_hint(stage: str, preset: str) -> str:
     return (f"Train it yourself with `python -m pali3_edu.train --recipe {stage} --preset {preset}` "
-            f"(it is then read from data/runs/), or use the lesson's own short run.")
+            f"(it is then read from data/runs/; hours on a CPU), or pass retrain=True to load_or_train.")
 
 
 def export_run(stage: str, preset: str, directory: Path | str | None = None,

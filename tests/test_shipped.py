@@ -73,21 +73,24 @@ def test_load_or_train_uses_a_shipped_run_when_nothing_is_cached(private, tmp_pa
     assert not again.loaded and (tmp_path / "runs" / "siglip-micro" / "checkpoint").exists()
 
 
-def test_a_stale_shipped_checkpoint_is_refused_with_what_changed(private, tmp_path, monkeypatch, capsys):
+def test_a_stale_shipped_checkpoint_is_refused_with_what_changed(private, tmp_path, monkeypatch):
     _, path, _, folder = private
     recipe = get_recipe("siglip", "micro", **{"train.lr": 5e-4})
     with pytest.raises(ShippedCheckpointError, match=r"another recipe.*train\.lr.*python -m pali3_edu\.train"):
         load_shipped(recipe)
-    # load_or_train says so and trains instead of using it
+    # load_or_train refuses it too, instead of starting hours of training unannounced ...
     tensors, meta = read_shipped(path)
     meta["fingerprint"] = "0" * 16
     (tmp_path / "stale").mkdir()
     monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "stale")
     save_file(tensors, str(shipped_path("siglip", "micro")), metadata=meta)
     monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path / "data"))
-    run = load_or_train("siglip", "micro", progress=False, device="cpu")
+    with pytest.raises(ShippedCheckpointError, match="trained from another recipe.*retrain=True"):
+        load_or_train("siglip", "micro", progress=False, device="cpu")
+    assert not (tmp_path / "data" / "runs" / "siglip-micro").exists()
+    # ... and trains it when asked to
+    run = load_or_train("siglip", "micro", progress=False, device="cpu", retrain=True)
     assert not run.loaded
-    assert "trained from another recipe" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "wrong format", "missing tensor"])

@@ -310,8 +310,9 @@ def load_or_train(
     ``stop_after`` stops after that many steps as if interrupted (the lessons show resuming).
     ``retrain=True`` deletes the cache first. Runs with ``overrides`` are cached separately.
     A preset with a checkpoint shipped in the package (:mod:`pali3_edu.shipped`, the ``long-cpu``
-    runs) is loaded from it when ``data/runs/`` has no run of it and the fingerprints match;
-    ``retrain=True`` trains it instead.
+    runs) is loaded from it when ``data/runs/`` has no run of it and the fingerprints match; a
+    stale or damaged shipped file raises :class:`~pali3_edu.shipped.ShippedCheckpointError` (what
+    changed, how to train it); ``retrain=True`` trains it here instead.
     """
     from pali3_edu.tokenizer import course_tokenizer
 
@@ -356,18 +357,15 @@ def load_or_train(
 
 
 def _shipped_run(recipe: Recipe, device: torch.device | str | None) -> TrainedRun | None:
-    """The checkpoint shipped with the package for this preset (:mod:`pali3_edu.shipped`), if
-    there is one and it was trained from exactly this recipe; otherwise ``None`` (and the reason
-    when a shipped file is refused)."""
-    from pali3_edu.shipped import ShippedCheckpointError, load_shipped, shipped_path
+    """The checkpoint shipped with the package for this preset (:mod:`pali3_edu.shipped`), or
+    ``None`` when the preset has none. A shipped file that is stale or damaged is *refused* with
+    :class:`~pali3_edu.shipped.ShippedCheckpointError` rather than silently replaced by a training
+    run: shipped presets take hours of CPU, more than a lesson cell should start unannounced."""
+    from pali3_edu.shipped import load_shipped, shipped_path
 
     if not shipped_path(recipe.stage, recipe.preset).exists():
         return None
-    try:
-        return load_shipped(recipe, device=device)
-    except ShippedCheckpointError as err:
-        print(f"{err} Training instead.")
-        return None
+    return load_shipped(recipe, device=device)
 
 
 def trainable(modules: Iterable[nn.Module]) -> list[nn.Parameter]:

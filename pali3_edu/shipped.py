@@ -62,7 +62,7 @@ def export_run(stage: str, preset: str, directory: Path | str | None = None,
     """Write the finished run of ``stage``/``preset`` from ``data/runs/`` as a shipped checkpoint:
     floating-point weights in ``dtype``, the fingerprint, recipe identity and history in the
     metadata. Refuses a run that is missing or unfinished (it never trains)."""
-    from pali3_edu.recipes.base import cached_state, checkpoint_dir, get_recipe, get_stage
+    from pali3_edu.recipes.base import cached_state, checkpoint_dir, get_recipe, get_stage, recipe_tokenizer
     from pali3_edu.train import load_checkpoint
 
     recipe = get_recipe(stage, preset)
@@ -74,13 +74,7 @@ def export_run(stage: str, preset: str, directory: Path | str | None = None,
             f"No finished {stage}/{preset} run in {path} ({why if state is None else f'step {step}'} of "
             f"{recipe.train.steps}): train it first with `python -m pali3_edu.train --recipe {stage} "
             f"--preset {preset}`.")
-    spec = get_stage(stage)
-    tokenizer = spec.tokenizer(recipe) if spec.tokenizer is not None else None
-    if tokenizer is None:
-        from pali3_edu.tokenizer import course_tokenizer
-
-        tokenizer = course_tokenizer()
-    model = spec.build_model(recipe, tokenizer)
+    model = get_stage(stage).build_model(recipe, recipe_tokenizer(recipe))
     load_checkpoint(path, model)
     tensors = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous()
                for k, v in model.state_dict().items()}
@@ -121,7 +115,14 @@ def load_shipped(stage: str | Any, preset: str = "long-cpu", *, device: torch.de
     :class:`~pali3_edu.recipes.base.Recipe`. Raises :class:`ShippedCheckpointError` when there is
     none, it is damaged, or it was trained from another recipe or code version (the message says
     what changed and how to retrain). Never trains."""
-    from pali3_edu.recipes.base import Recipe, TrainedRun, describe_changes, get_recipe, get_stage
+    from pali3_edu.recipes.base import (
+        Recipe,
+        TrainedRun,
+        describe_changes,
+        get_recipe,
+        get_stage,
+        recipe_tokenizer,
+    )
     from pali3_edu.train import History
     from pali3_edu.utils import pick_device
 
@@ -140,14 +141,8 @@ def load_shipped(stage: str | Any, preset: str = "long-cpu", *, device: torch.de
             f"The shipped {recipe.stage}/{recipe.preset} checkpoint was trained from another recipe or code "
             f"version (changed: {describe_changes(old, recipe.identity())}), so it is not used. "
             f"{_retrain_hint(recipe.stage, recipe.preset)}")
-    spec = get_stage(recipe.stage)
-    if spec.tokenizer is not None:
-        tokenizer = spec.tokenizer(recipe)
-    else:
-        from pali3_edu.tokenizer import course_tokenizer
-
-        tokenizer = course_tokenizer()
-    model = spec.build_model(recipe, tokenizer)
+    tokenizer = recipe_tokenizer(recipe)
+    model = get_stage(recipe.stage).build_model(recipe, tokenizer)
     own = model.state_dict()
     if set(own) != set(tensors) or any(own[k].shape != tensors[k].shape for k in own):
         raise ShippedCheckpointError(f"{path} does not match the model of {recipe.stage}/{recipe.preset} "
@@ -159,8 +154,6 @@ def load_shipped(stage: str | Any, preset: str = "long-cpu", *, device: torch.de
         raise ShippedCheckpointError(f"{path} has a damaged training history ({err}).") from err
     history.resumed_from = recipe.train.steps
     dev = torch.device(device) if device is not None else pick_device()
-    if hasattr(model, "tokenizer"):
-        model.tokenizer = tokenizer
     return TrainedRun(model.to(dev).eval(), tokenizer, history, recipe, True, path)
 
 

@@ -291,6 +291,14 @@ def cached_state(recipe: Recipe, path: Path) -> tuple[dict[str, Any] | None, str
     return state, "ok"
 
 
+def recipe_tokenizer(recipe: Recipe) -> Any:
+    """The tokenizer a recipe's stage uses: the stage's own (``Stage.tokenizer``) or the course's."""
+    from pali3_edu.tokenizer import course_tokenizer
+
+    spec = get_stage(recipe.stage)
+    return spec.tokenizer(recipe) if spec.tokenizer is not None else course_tokenizer()
+
+
 def load_or_train(
     stage: str | Recipe,
     preset: str = "tiny-cpu",
@@ -314,8 +322,6 @@ def load_or_train(
     stale or damaged shipped file raises :class:`~pali3_edu.shipped.ShippedCheckpointError` (what
     changed, how to train it); ``retrain=True`` trains it here instead.
     """
-    from pali3_edu.tokenizer import course_tokenizer
-
     if isinstance(stage, Recipe):
         recipe = apply_overrides(stage, overrides) if overrides else stage
     else:
@@ -323,7 +329,7 @@ def load_or_train(
     if cache_name is None and overrides:
         cache_name = f"{recipe.stage}-{recipe.preset}-{recipe.fingerprint()[:8]}"
     spec = get_stage(recipe.stage)
-    tokenizer = spec.tokenizer(recipe) if spec.tokenizer is not None else course_tokenizer()
+    tokenizer = recipe_tokenizer(recipe)
     path = checkpoint_dir(recipe, cache_name)
     if retrain and path.parent.exists():
         shutil.rmtree(path.parent)

@@ -93,28 +93,30 @@ def export_run(stage: str, preset: str, directory: Path | str | None = None,
     return out
 
 
-def read_shipped(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """``(tensors, metadata)`` of a shipped file; :class:`ShippedCheckpointError` if it is damaged."""
+def read_shipped(path: Path | str, *, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a shipped file; :class:`ShippedCheckpointError` if it is damaged.
+    ``tensors=False`` reads only the metadata (the tensor dict is then empty)."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            weights = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ShippedCheckpointError(f"{path} is damaged ({err}).") from err
     if meta.get("format") != FORMAT:
         raise ShippedCheckpointError(f"{path} is not a pali3-edu shipped checkpoint (format "
                                      f"{meta.get('format')!r}, expected {FORMAT!r}).")
-    return tensors, meta
+    return weights, meta
 
 
 def load_shipped(stage: str | Any, preset: str = "long-cpu", *, device: torch.device | str | None = None,
-                 directory: Path | str | None = None) -> Any:
+                 directory: Path | str | None = None, tokenizer: Any = None) -> Any:
     """The shipped run of a recipe as a :class:`~pali3_edu.recipes.base.TrainedRun` (``loaded=True``,
     weights in float32, the recorded history). ``stage`` is a stage name (with ``preset``) or a
     :class:`~pali3_edu.recipes.base.Recipe`. Raises :class:`ShippedCheckpointError` when there is
     none, it is damaged, or it was trained from another recipe or code version (the message says
-    what changed and how to retrain). Never trains."""
+    what changed and how to retrain). Never trains. ``tokenizer``: the recipe's tokenizer if the
+    caller already has it (default: :func:`~pali3_edu.recipes.base.recipe_tokenizer`)."""
     from pali3_edu.recipes.base import (
         Recipe,
         TrainedRun,
@@ -141,7 +143,7 @@ def load_shipped(stage: str | Any, preset: str = "long-cpu", *, device: torch.de
             f"The shipped {recipe.stage}/{recipe.preset} checkpoint was trained from another recipe or code "
             f"version (changed: {describe_changes(old, recipe.identity())}), so it is not used. "
             f"{_retrain_hint(recipe.stage, recipe.preset)}")
-    tokenizer = recipe_tokenizer(recipe)
+    tokenizer = tokenizer if tokenizer is not None else recipe_tokenizer(recipe)
     model = get_stage(recipe.stage).build_model(recipe, tokenizer)
     own = model.state_dict()
     if set(own) != set(tensors) or any(own[k].shape != tensors[k].shape for k in own):
@@ -172,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     from pali3_edu.recipes.base import get_recipe
 
     for name in shipped_runs():
-        _, meta = read_shipped(SHIPPED_DIR / f"{name}.safetensors")
+        _, meta = read_shipped(SHIPPED_DIR / f"{name}.safetensors", tensors=False)
         recipe = get_recipe(meta["stage"], meta["preset"])
         ok = "current" if meta["fingerprint"] == recipe.fingerprint() else "stale (refused)"
         print(f"{name}: {ok}")

@@ -347,7 +347,7 @@ def load_or_train(
         return TrainedRun(model.to(dev).eval(), tokenizer, history, recipe, True, path)
 
     if state is None and not retrain and cache_name is None and stop_after is None:
-        shipped = _shipped_run(recipe, device)
+        shipped = _shipped_run(recipe, device, tokenizer)
         if shipped is not None:
             return shipped
 
@@ -362,7 +362,7 @@ def load_or_train(
     return TrainedRun(model.eval(), tokenizer, history, recipe, False, path)
 
 
-def _shipped_run(recipe: Recipe, device: torch.device | str | None) -> TrainedRun | None:
+def _shipped_run(recipe: Recipe, device: torch.device | str | None, tokenizer: Any) -> TrainedRun | None:
     """The checkpoint shipped with the package for this preset (:mod:`pali3_edu.shipped`), or
     ``None`` when the preset has none. A shipped file that is stale or damaged is *refused* with
     :class:`~pali3_edu.shipped.ShippedCheckpointError` rather than silently replaced by a training
@@ -371,7 +371,7 @@ def _shipped_run(recipe: Recipe, device: torch.device | str | None) -> TrainedRu
 
     if not shipped_path(recipe.stage, recipe.preset).exists():
         return None
-    return load_shipped(recipe, device=device)
+    return load_shipped(recipe, device=device, tokenizer=tokenizer)
 
 
 def trainable(modules: Iterable[nn.Module]) -> list[nn.Parameter]:

@@ -158,12 +158,31 @@ def test_package_data_includes_every_recorded_file():
     assert not missed, f"add these to [tool.setuptools.package-data] in pyproject.toml: {missed}"
 
 
+def _long_runs_the_lessons_load() -> set[tuple[str, str]]:
+    """``(stage, preset)`` of every non-tiny run a lesson loads by name: ``load_or_train_siglip("long-cpu")``
+    or ``load_or_train_pali3("transfer", "long-cpu")`` in a notebook's code cells."""
+    import re
+
+    import nbformat
+
+    found = set()
+    for path in sorted((Path(shipped.__file__).parents[1] / "notebooks").glob("*.ipynb")):
+        code = "\n".join(c.source for c in nbformat.read(path, 4).cells if c.cell_type == "code")
+        found |= {("siglip", p) for p in re.findall(r'load_or_train_siglip\(\s*"([\w-]+)"', code)}
+        found |= {(f"pali3-{s}", p) for s, p in re.findall(r'load_or_train_pali3\(\s*"(\w+)",\s*"([\w-]+)"', code)}
+    return {(s, p) for s, p in found if p == "long-cpu"}
+
+
 def test_the_lessons_never_have_to_train_a_long_run():
-    """Every long-cpu run that a lesson's recipe starts from (directly or through earlier stages)
-    is shipped and current, so a fresh checkout runs the lessons in minutes."""
+    """Every long-cpu run that a lesson loads (by name, or as the start of a recipe it trains,
+    directly or through earlier stages) is shipped and current, so a fresh checkout runs the
+    lessons in minutes."""
     package = Path(shipped.__file__).parent / "recorded" / "checkpoints"
     names = set(shipped.shipped_runs(package))
-    seen, todo = set(), [("pali3-stage1", "tiny-cpu"), ("pali3-stage2", "tiny-cpu"), ("pali3-transfer", "tiny-cpu")]
+    direct = _long_runs_the_lessons_load()
+    assert ("pali3-transfer", "long-cpu") in direct  # the scan finds lesson 11's specialist
+    seen = set()
+    todo = [("pali3-stage1", "tiny-cpu"), ("pali3-stage2", "tiny-cpu"), ("pali3-transfer", "tiny-cpu"), *direct]
     while todo:
         stage, preset = todo.pop()
         if (stage, preset) in seen:
@@ -171,5 +190,5 @@ def test_the_lessons_never_have_to_train_a_long_run():
         seen.add((stage, preset))
         todo += list(get_recipe(stage, preset).upstream.values())
     long_runs = {f"{s}-{p}" for s, p in seen if p == "long-cpu"}
-    assert long_runs == {"siglip-long-cpu"}
-    assert long_runs <= names
+    assert {"siglip-long-cpu", "pali3-stage1-long-cpu", "pali3-transfer-long-cpu"} <= long_runs
+    assert long_runs <= names, f"lessons need long runs that are not shipped: {long_runs - names}"

@@ -63,7 +63,8 @@ LESSONS: tuple[Lesson, ...] = (
     Lesson("10", "10_stage2_resolution.ipynb",
            "stage 2: position-embedding interpolation, cost of resolution, fine-tuning at 128 px"),
     Lesson("11", "11_transfer_and_evaluation.ipynb",
-           "transfer to referring expressions, final evaluation on held-out and compositional splits"),
+           "transfer to referring expressions (and a shipped longer transfer that reaches the box goals), "
+           "final evaluation on held-out and compositional splits"),
     Lesson("12", "12_gpu_scale_run.ipynb",
            "the whole recipe at GPU scale: presets, bf16, compile, throughput and MFU; smoke size on CPU"),
 )
@@ -77,8 +78,10 @@ def _format_seconds(s: float) -> str:
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
 
 
-def load_record(path: Path = RECORD) -> dict:
-    """The recorded run (``{"machine", "date", "seconds": {file: s}}``), or an empty one."""
+def load_record(path: Path | None = None) -> dict:
+    """The recorded run (``{"machine", "date", "seconds": {file: s}}``, ``"note"``/``"partial"`` after
+    a partial re-recording) from ``path`` (default: ``RECORD``), or an empty one."""
+    path = RECORD if path is None else path
     if not path.exists():
         return {"machine": None, "date": None, "seconds": {}}
     return json.loads(path.read_text())
@@ -139,6 +142,17 @@ def _machine() -> str:
     return f"a {cores}-core CPU ({platform.machine()})"
 
 
+def _partial_note(partial: dict[str, str]) -> str:
+    """The README's note for lessons re-recorded after the last full run: ``partial`` maps a
+    lesson number to when and how it was recorded."""
+    groups: dict[str, list[str]] = {}
+    for number, when in sorted(partial.items()):
+        groups.setdefault(when, []).append(number)
+    parts = [f"{'Lessons' if i == 0 else 'lessons'} {', '.join(numbers)} {'were re-recorded ' if i == 0 else ''}{when}"
+             for i, (when, numbers) in enumerate(groups.items())]
+    return "; ".join(parts) + "; the others come from the last full run from an empty data folder."
+
+
 def record_times(numbers: list[str] | None = None, timeout: int = 3600, data: Path | None = None) -> dict:
     """Execute lessons (all, or those numbered in ``numbers``) in order, from an empty data folder
     shared by them (later lessons use what earlier ones cached, as in a learner's first run), and
@@ -155,13 +169,16 @@ def record_times(numbers: list[str] | None = None, timeout: int = 3600, data: Pa
     record["machine"] = _machine()
     record["date"] = _dt.date.today().isoformat()
     if len(chosen) < len(existing_lessons()) or keep:
-        done = ", ".join(lesson.number for lesson in chosen)
         how = ("with a prepared data folder (what they need from earlier lessons already cached)" if keep
                else "from an empty data folder")
-        record["note"] = (f"Lessons {done} were re-recorded on {record['date']} {how}; the others come from "
-                          "the last full run from an empty data folder.")
+        # every re-recording since the last full run is kept, so the note names all of them
+        partial = dict(record.get("partial", {}))
+        partial.update({lesson.number: f"on {record['date']} {how}" for lesson in chosen})
+        record["partial"] = dict(sorted(partial.items()))
+        record["note"] = _partial_note(record["partial"])
     else:
         record.pop("note", None)
+        record.pop("partial", None)
     env = dict(os.environ, PALI3_EDU_DATA=str(data))
     try:
         for lesson in chosen:

@@ -50,5 +50,8 @@ def test_a_partial_re_recording_is_said_so(tmp_path, monkeypatch):
     out = course.record_times([first], data=tmp_path / "data")
     table = course.lesson_table(out)
     assert f"Lessons {first} were re-recorded" in table and "one fresh run" not in table
+    second = course.existing_lessons()[1].number
+    out = course.record_times([second], data=tmp_path / "data")  # a later partial run adds to the note
+    assert f"Lessons {first}, {second} were re-recorded" in course.lesson_table(out)
     out = course.record_times()  # a full run from an empty folder: the plain note again
-    assert "note" not in out and "one fresh run" in course.lesson_table(out)
+    assert "note" not in out and "partial" not in out and "one fresh run" in course.lesson_table(out)

@@ -159,8 +159,9 @@ def test_package_data_includes_every_recorded_file():
 
 
 def _long_runs_the_lessons_load() -> set[tuple[str, str]]:
-    """``(stage, preset)`` of every non-tiny run a lesson loads by name: ``load_or_train_siglip("long-cpu")``
-    or ``load_or_train_pali3("transfer", "long-cpu")`` in a notebook's code cells."""
+    """``(stage, preset)`` of every ``long-cpu`` run a lesson loads by name, e.g.
+    ``load_or_train_siglip("long-cpu")`` or ``load_or_train_pali3("transfer", "long-cpu")`` in a
+    notebook's code cells."""
     import re
 
     import nbformat

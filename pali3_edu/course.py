@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,6 +167,11 @@ def record_times(numbers: list[str] | None = None, timeout: int = 3600, data: Pa
     keep = data is not None
     data = Path(data) if keep else Path(tempfile.mkdtemp(prefix="pali3-edu-record-"))
     data.mkdir(parents=True, exist_ok=True)
+    cached = sorted(p.name for p in (data / "runs").glob("*") if p.is_dir())
+    if cached:  # a lesson loads these instead of training them, and its recorded time shrinks
+        warnings.warn(f"{data / 'runs'} already holds {', '.join(cached)}: a recorded lesson loads these "
+                      "runs instead of training them. Delete the ones a recorded lesson should train.",
+                      stacklevel=2)
     record["machine"] = _machine()
     record["date"] = _dt.date.today().isoformat()
     if len(chosen) < len(existing_lessons()) or keep:

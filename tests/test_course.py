@@ -55,3 +55,15 @@ def test_a_partial_re_recording_is_said_so(tmp_path, monkeypatch):
     assert f"Lessons {first}, {second} were re-recorded" in course.lesson_table(out)
     out = course.record_times()  # a full run from an empty folder: the plain note again
     assert "note" not in out and "partial" not in out and "one fresh run" in course.lesson_table(out)
+
+
+def test_recording_with_cached_runs_warns(tmp_path, monkeypatch):
+    """A prepared data folder may hold the run a recorded lesson should train: say so."""
+    import subprocess
+
+    monkeypatch.setattr(course, "RECORD", tmp_path / "times.json")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: None)
+    monkeypatch.setattr(course, "strip_run_metadata", lambda p: None)
+    (tmp_path / "data" / "runs" / "pali3-transfer-tiny-cpu").mkdir(parents=True)
+    with pytest.warns(UserWarning, match="pali3-transfer-tiny-cpu"):
+        course.record_times([course.existing_lessons()[0].number], data=tmp_path / "data")

@@ -80,8 +80,8 @@ def _format_seconds(s: float) -> str:
 
 
 def load_record(path: Path | None = None) -> dict:
-    """The recorded run (``{"machine", "date", "seconds": {file: s}}``, ``"note"``/``"partial"`` after
-    a partial re-recording) from ``path`` (default: ``RECORD``), or an empty one."""
+    """The recorded run (``{"machine", "date", "seconds": {file: s}}``, ``"partial"`` after a partial
+    re-recording: lesson number → when and how) from ``path`` (default: ``RECORD``), or an empty one."""
     path = RECORD if path is None else path
     if not path.exists():
         return {"machine": None, "date": None, "seconds": {}}
@@ -101,9 +101,9 @@ def lesson_table(record: dict | None = None) -> str:
     total = sum(times.get(lesson.file, 0.0) for lesson in existing_lessons())
     if not machine:
         note = "\nNo recorded run yet: `python -m pali3_edu.course record` measures the times."
-    elif record.get("note"):  # some lessons were re-recorded after the last full run
+    elif record.get("partial"):  # some lessons were re-recorded after the last full run
         note = (f"\nCPU: wall-clock time of each lesson on {machine}; {_format_seconds(total)} for all of them. "
-                f"{record['note']} Recorded by `python -m pali3_edu.course record`.")
+                f"{_partial_note(record['partial'])} Recorded by `python -m pali3_edu.course record`.")
     else:
         note = (f"\nCPU: wall-clock time of each lesson in one fresh run (empty `data/`, so datasets, tokenizer "
                 f"and models are built), on {machine}, {date}; {_format_seconds(total)} for all of them. "
@@ -149,9 +149,9 @@ def _partial_note(partial: dict[str, str]) -> str:
     groups: dict[str, list[str]] = {}
     for number, when in sorted(partial.items()):
         groups.setdefault(when, []).append(number)
-    parts = [f"{'Lessons' if i == 0 else 'lessons'} {', '.join(numbers)} {'were re-recorded ' if i == 0 else ''}{when}"
+    parts = [f"{', '.join(numbers)} {'' if i else 'were re-recorded '}{when}"
              for i, (when, numbers) in enumerate(groups.items())]
-    return "; ".join(parts) + "; the others come from the last full run from an empty data folder."
+    return "Lessons " + "; lessons ".join(parts) + "; the others come from the last full run from an empty data folder."
 
 
 def record_times(numbers: list[str] | None = None, timeout: int = 3600, data: Path | None = None) -> dict:
@@ -180,10 +180,8 @@ def record_times(numbers: list[str] | None = None, timeout: int = 3600, data: Pa
         # every re-recording since the last full run is kept, so the note names all of them
         partial = dict(record.get("partial", {}))
         partial.update({lesson.number: f"on {record['date']} {how}" for lesson in chosen})
-        record["partial"] = dict(sorted(partial.items()))
-        record["note"] = _partial_note(record["partial"])
+        record["partial"] = dict(sorted(partial.items()))  # the README note is made from it
     else:
-        record.pop("note", None)
         record.pop("partial", None)
     env = dict(os.environ, PALI3_EDU_DATA=str(data))
     try:

@@ -107,13 +107,13 @@ def _recipe(stage: str, preset: str, model: PaLI3Config, data: PaLI3Data, upstre
 
 
 def _presets(stage: str) -> dict[str, Recipe]:
+    from pali3_edu.recipes.scale import StreamedPaLI3Data  # the long-cpu presets stream their scenes
+
     tiny = _model_config("tiny-cpu", "tiny-cpu")
     micro = _model_config("micro", "micro")
     micro = dataclasses.replace(micro, vision=dataclasses.replace(micro.vision, image_size=32))
     assert micro_siglip_config(32).vision.width == micro.vision.width
     if stage == "pali3-stage1":
-        from pali3_edu.recipes.scale import StreamedPaLI3Data  # streamed scenes for long-cpu
-
         up = lambda p: {"vision": ("siglip", p), "text": ("ul2", p)}  # noqa: E731
         LONG_SIGLIP = {"vision": ("siglip", "long-cpu"), "text": ("ul2", "tiny-cpu")}  # noqa: N806
         return {
@@ -146,8 +146,6 @@ def _presets(stage: str) -> dict[str, Recipe]:
                              {"previous": ("pali3-stage1", "micro")}, steps=4, lr=5e-4, warmup_steps=1),
         }
     if stage == "pali3-transfer":
-        from pali3_edu.recipes.scale import StreamedPaLI3Data
-
         settings = StageSettings(freeze_vision=True, ordinal_loc_init=False)
         refer = {"refer": 1.0}
         big = _model_config("tiny-cpu", "tiny-cpu")

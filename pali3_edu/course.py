@@ -149,9 +149,13 @@ def _partial_note(partial: dict[str, str]) -> str:
     groups: dict[str, list[str]] = {}
     for number, when in sorted(partial.items()):
         groups.setdefault(when, []).append(number)
-    parts = [f"{', '.join(numbers)} {'' if i else 'were re-recorded '}{when}"
-             for i, (when, numbers) in enumerate(groups.items())]
-    return "Lessons " + "; lessons ".join(parts) + "; the others come from the last full run from an empty data folder."
+    parts = []
+    for i, (when, numbers) in enumerate(groups.items()):
+        one = len(numbers) == 1
+        verb = "" if i else ("was" if one else "were") + " re-recorded "
+        parts.append(f"{'lesson' if one else 'lessons'} {', '.join(numbers)} {verb}{when}")
+    note = "; ".join(parts)
+    return note[0].upper() + note[1:] + "; the others come from the last full run from an empty data folder."
 
 
 def record_times(numbers: list[str] | None = None, timeout: int = 3600, data: Path | None = None) -> dict:
@@ -175,7 +179,7 @@ def record_times(numbers: list[str] | None = None, timeout: int = 3600, data: Pa
     record["machine"] = _machine()
     record["date"] = _dt.date.today().isoformat()
     if len(chosen) < len(existing_lessons()) or keep:
-        how = ("with a prepared data folder (what they need from earlier lessons already cached)" if keep
+        how = ("with a prepared data folder (the caches of earlier lessons in place)" if keep
                else "from an empty data folder")
         # every re-recording since the last full run is kept, so the note names all of them
         partial = dict(record.get("partial", {}))

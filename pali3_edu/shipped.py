@@ -2,7 +2,7 @@
 
 A lesson trains its own short run in minutes. Some results need hours of CPU (the ``long-cpu``
 presets: SigLIP trained 13× longer, PaLI-3 stage 1 on a fresh scene for every example, and that
-stage 1 transferred to referring expressions). Those
+stage 1 transferred to referring expressions; and ``xlong-cpu``, SigLIP trained 31× longer). Those
 runs are trained once with the course's own command and saved here as a safetensors file with
 the weights in float16 (half the size; the weights are cast back to float32 when loaded):
 
@@ -20,7 +20,7 @@ wrong and how to retrain); :func:`pali3_edu.recipes.load_or_train` uses it when 
 ``data/runs/``, and passes the refusal on rather than starting hours of training unannounced.
 
 >>> sorted(shipped_runs())  # doctest: +SKIP
-['pali3-stage1-long-cpu', 'pali3-transfer-long-cpu', 'siglip-long-cpu']
+['pali3-stage1-long-cpu', 'pali3-transfer-long-cpu', 'siglip-long-cpu', 'siglip-xlong-cpu']
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def test_a_partial_re_recording_is_said_so(tmp_path, monkeypatch):
     first = course.existing_lessons()[0].number
     out = course.record_times([first], data=tmp_path / "data")
     table = course.lesson_table(out)
-    assert f"Lessons {first} were re-recorded" in table and "one fresh run" not in table
+    assert f"Lesson {first} was re-recorded" in table and "one fresh run" not in table
     second = course.existing_lessons()[1].number
     out = course.record_times([second], data=tmp_path / "data")  # a later partial run adds to the note
     assert f"Lessons {first}, {second} were re-recorded" in course.lesson_table(out)

@@ -158,8 +158,13 @@ def test_package_data_includes_every_recorded_file():
     assert not missed, f"add these to [tool.setuptools.package-data] in pyproject.toml: {missed}"
 
 
+def _is_long(preset: str) -> bool:
+    """The presets trained for hours and shipped: ``long-cpu`` and ``xlong-cpu``."""
+    return preset.endswith("long-cpu")
+
+
 def _long_runs_the_lessons_load() -> set[tuple[str, str]]:
-    """``(stage, preset)`` of every ``long-cpu`` run a lesson loads by name, e.g.
+    """``(stage, preset)`` of every long run (``long-cpu``, ``xlong-cpu``) a lesson loads by name, e.g.
     ``load_or_train_siglip("long-cpu")`` or ``load_or_train_pali3("transfer", "long-cpu")`` in a
     notebook's code cells."""
     import re
@@ -171,11 +176,11 @@ def _long_runs_the_lessons_load() -> set[tuple[str, str]]:
         code = "\n".join(c.source for c in nbformat.read(path, 4).cells if c.cell_type == "code")
         found |= {("siglip", p) for p in re.findall(r'load_or_train_siglip\(\s*"([\w-]+)"', code)}
         found |= {(f"pali3-{s}", p) for s, p in re.findall(r'load_or_train_pali3\(\s*"(\w+)",\s*"([\w-]+)"', code)}
-    return {(s, p) for s, p in found if p == "long-cpu"}
+    return {(s, p) for s, p in found if _is_long(p)}
 
 
 def test_the_lessons_never_have_to_train_a_long_run():
-    """Every long-cpu run that a lesson loads (by name, or as the start of a recipe it trains,
+    """Every long run that a lesson loads (by name, or as the start of a recipe it trains,
     directly or through earlier stages) is shipped and current, so a fresh checkout runs the
     lessons in minutes."""
     package = Path(shipped.__file__).parent / "recorded" / "checkpoints"
@@ -190,6 +195,6 @@ def test_the_lessons_never_have_to_train_a_long_run():
             continue
         seen.add((stage, preset))
         todo += list(get_recipe(stage, preset).upstream.values())
-    long_runs = {f"{s}-{p}" for s, p in seen if p == "long-cpu"}
+    long_runs = {f"{s}-{p}" for s, p in seen if _is_long(p)}
     assert {"siglip-long-cpu", "pali3-stage1-long-cpu", "pali3-transfer-long-cpu"} <= long_runs
     assert long_runs <= names, f"lessons need long runs that are not shipped: {long_runs - names}"

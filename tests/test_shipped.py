@@ -187,6 +187,7 @@ def test_the_lessons_never_have_to_train_a_long_run():
     names = set(shipped.shipped_runs(package))
     direct = _long_runs_the_lessons_load()
     assert ("pali3-transfer", "long-cpu") in direct  # the scan finds lesson 11's specialist
+    assert ("siglip", "xlong-cpu") in direct  # and lesson 04's longest SigLIP
     seen = set()
     todo = [("pali3-stage1", "tiny-cpu"), ("pali3-stage2", "tiny-cpu"), ("pali3-transfer", "tiny-cpu"), *direct]
     while todo:

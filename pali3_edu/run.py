@@ -88,6 +88,7 @@ from pali3_edu.recipes.base import (
 )
 from pali3_edu.recipes.scale import STAGE_ORDER
 from pali3_edu.speed import SpeedSettings, pick_amp_dtype, use_speed_settings
+from pali3_edu.shipped import ShippedCheckpointError
 
 RUN_FILES = ("resolved_recipe.json", "metrics.jsonl")
 _DERIVED: set[tuple[str, str]] = set()  # (stage, preset) registered by resolve_recipes
@@ -449,8 +450,13 @@ def run_stage(recipe: Recipe, args: argparse.Namespace, cache_name: str | None,
     """Train (or load) one recipe, write its records on rank 0, return its summary."""
     _prepare_folder(recipe, cache_name, args.retrain, info)
     t0 = time.perf_counter()
-    run = load_or_train(recipe, device=args.device, progress=info.is_main and not args.quiet,
-                        cache_name=cache_name)
+    kwargs = {"device": args.device, "progress": info.is_main and not args.quiet, "cache_name": cache_name}
+    try:
+        run = load_or_train(recipe, shipped=not args.retrain, **kwargs)
+    except ShippedCheckpointError as err:  # a stale shipped file: this command is how to replace it
+        if info.is_main:
+            print(f"{err}\nTraining {recipe.stage}/{recipe.preset} here instead.")
+        run = load_or_train(recipe, shipped=False, **kwargs)
     wall = time.perf_counter() - t0
     folder = run.path.parent
     losses = run.history.losses

@@ -92,6 +92,49 @@ def test_a_stale_shipped_checkpoint_is_refused_with_what_changed(private, tmp_pa
     assert not run.loaded
 
 
+def _stale_copy(path: Path, folder: Path) -> None:
+    tensors, meta = read_shipped(path)
+    meta["fingerprint"] = "0" * 16
+    folder.mkdir()
+    save_file(tensors, str(folder / path.name), metadata=meta)
+
+
+def test_the_command_the_refusal_names_trains_the_stale_preset(private, tmp_path, monkeypatch, capsys):
+    """The refusal says 'train it with python -m pali3_edu.train --recipe … --preset …'; that command
+    must then train (not raise the same refusal), resuming an interrupted run of it."""
+    from pali3_edu.run import main
+
+    _, path, _, _ = private
+    _stale_copy(path, tmp_path / "stale")
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "stale")
+    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path / "data"))
+    assert main(["--recipe", "siglip", "--preset", "micro", "--device", "cpu", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "trained from another recipe" in out and "here instead" in out
+    record = json.loads((tmp_path / "data" / "runs" / "siglip-micro" / "resolved_recipe.json").read_text())
+    assert record["run"]["loaded_from_cache"] is False
+    # an interrupted run of it is resumed, not started again
+    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path / "data2"))
+    first = load_or_train("siglip", "micro", progress=False, device="cpu", shipped=False, stop_after=3)
+    assert main(["--recipe", "siglip", "--preset", "micro", "--device", "cpu", "--quiet"]) == 0
+    run = load_or_train("siglip", "micro", progress=False, device="cpu", shipped=False)
+    steps = get_recipe("siglip", "micro").train.steps
+    assert run.loaded and run.history.resumed_from == steps
+    logged = [row["step"] for row in run.history.rows]
+    assert logged == sorted(set(logged))  # one history, not a second run started from step 0
+    assert run.history.rows[0] == first.history.rows[0]
+
+
+def test_retrain_on_the_command_line_never_loads_the_shipped_file(private, tmp_path, monkeypatch):
+    from pali3_edu.run import main
+
+    monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path))  # the shipped file is current
+    assert main(["--recipe", "siglip", "--preset", "micro", "--device", "cpu", "--quiet", "--retrain"]) == 0
+    record = json.loads((tmp_path / "runs" / "siglip-micro" / "resolved_recipe.json").read_text())
+    assert record["run"]["loaded_from_cache"] is False
+    assert (tmp_path / "runs" / "siglip-micro" / "checkpoint").exists()
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "wrong format", "missing tensor"])
 def test_a_damaged_shipped_checkpoint_is_refused(private, tmp_path, monkeypatch, damage):
     _, path, _, _ = private

@@ -308,6 +308,7 @@ def load_or_train(
     progress: bool = True,
     stop_after: int | None = None,
     cache_name: str | None = None,
+    shipped: bool = True,
     **overrides: Any,
 ) -> TrainedRun:
     """The trained model of a recipe, from the cache under ``data/runs/`` or trained now.
@@ -320,7 +321,8 @@ def load_or_train(
     A preset with a checkpoint shipped in the package (:mod:`pali3_edu.shipped`, the ``long-cpu``
     runs) is loaded from it when ``data/runs/`` has no run of it and the fingerprints match; a
     stale or damaged shipped file raises :class:`~pali3_edu.shipped.ShippedCheckpointError` (what
-    changed, how to train it); ``retrain=True`` trains it here instead.
+    changed, how to train it); ``retrain=True`` or ``shipped=False`` trains it here instead
+    (``shipped=False`` resumes an interrupted run in ``data/runs/``, ``retrain`` starts afresh).
     """
     if isinstance(stage, Recipe):
         recipe = apply_overrides(stage, overrides) if overrides else stage
@@ -346,7 +348,7 @@ def load_or_train(
         history.resumed_from = int(state["step"])
         return TrainedRun(model.to(dev).eval(), tokenizer, history, recipe, True, path)
 
-    if state is None and not retrain and cache_name is None and stop_after is None:
+    if state is None and shipped and not retrain and cache_name is None and stop_after is None:
         shipped = _shipped_run(recipe, device, tokenizer)
         if shipped is not None:
             return shipped

@@ -178,15 +178,9 @@ def record_times(numbers: list[str] | None = None, timeout: int = 3600, data: Pa
                       stacklevel=2)
     record["machine"] = _machine()
     record["date"] = _dt.date.today().isoformat()
-    if len(chosen) < len(existing_lessons()) or keep:
-        how = ("with a prepared data folder (the caches of earlier lessons in place)" if keep
-               else "from an empty data folder")
-        # every re-recording since the last full run is kept, so the note names all of them
-        partial = dict(record.get("partial", {}))
-        partial.update({lesson.number: f"on {record['date']} {how}" for lesson in chosen})
-        record["partial"] = dict(sorted(partial.items()))  # the README note is made from it
-    else:
-        record.pop("partial", None)
+    full = len(chosen) == len(existing_lessons()) and not keep
+    how = ("with a prepared data folder (the caches of earlier lessons in place)" if keep
+           else "from an empty data folder")
     env = dict(os.environ, PALI3_EDU_DATA=str(data))
     try:
         for lesson in chosen:
@@ -197,6 +191,12 @@ def record_times(numbers: list[str] | None = None, timeout: int = 3600, data: Pa
             record["seconds"][lesson.file] = round(time.perf_counter() - t0, 1)
             strip_run_metadata(NOTEBOOKS / lesson.file)
             print(f"{lesson.file}: {_format_seconds(record['seconds'][lesson.file])}")
+            # only a lesson that ran to the end is named in the note (a failed one keeps its old
+            # time and outputs); every re-recording since the last full run is kept
+            partial = dict(record.get("partial", {}), **{lesson.number: f"on {record['date']} {how}"})
+            record["partial"] = dict(sorted(partial.items()))  # the README note is made from it
+            if full and lesson is chosen[-1]:
+                record.pop("partial")  # one fresh run of every lesson: the plain note again
             RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")  # progress survives a stop
     finally:
         if not keep:

@@ -87,8 +87,8 @@ from pali3_edu.recipes.base import (
     load_or_train,
 )
 from pali3_edu.recipes.scale import STAGE_ORDER
-from pali3_edu.speed import SpeedSettings, pick_amp_dtype, use_speed_settings
 from pali3_edu.shipped import ShippedCheckpointError
+from pali3_edu.speed import SpeedSettings, pick_amp_dtype, use_speed_settings
 
 RUN_FILES = ("resolved_recipe.json", "metrics.jsonl")
 _DERIVED: set[tuple[str, str]] = set()  # (stage, preset) registered by resolve_recipes

@@ -57,6 +57,31 @@ def test_a_partial_re_recording_is_said_so(tmp_path, monkeypatch):
     assert "note" not in out and "partial" not in out and "one fresh run" in course.lesson_table(out)
 
 
+def test_a_failed_lesson_is_not_said_to_be_re_recorded(tmp_path, monkeypatch):
+    """Recording stops at a lesson that fails: the ones after it (and it) keep their old time, and
+    the note must not name them as re-recorded."""
+    import subprocess
+
+    lessons = course.existing_lessons()
+    record = {"machine": "a test machine", "date": "2026-01-01", "seconds": {x.file: 30.0 for x in lessons}}
+    path = tmp_path / "times.json"
+    path.write_text(json.dumps(record))
+    monkeypatch.setattr(course, "RECORD", path)
+    monkeypatch.setattr(course, "strip_run_metadata", lambda p: None)
+
+    def run(cmd, **kwargs):
+        if cmd[-1].endswith(lessons[1].file):
+            raise subprocess.CalledProcessError(1, cmd)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    with pytest.raises(subprocess.CalledProcessError):
+        course.record_times([x.number for x in lessons[:3]], data=tmp_path / "data")
+    out = course.load_record(path)
+    assert list(out["partial"]) == [lessons[0].number]
+    assert out["seconds"][lessons[1].file] == 30.0 and out["seconds"][lessons[2].file] == 30.0
+    assert f"Lesson {lessons[0].number} was re-recorded" in course.lesson_table(out)
+
+
 def test_recording_with_cached_runs_warns(tmp_path, monkeypatch):
     """A prepared data folder may hold the run a recorded lesson should train: say so."""
     import subprocess

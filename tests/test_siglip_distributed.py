@@ -134,10 +134,14 @@ def test_two_processes_train_like_one(runs, name, tmp_path):
     assert got["model"]["t_prime"].shape == got["model"]["bias"].shape == torch.Size([])
     # the key biases cannot change attention (a softmax ignores a shift shared by every key): their
     # gradient is zero up to rounding, and AdamW's normalisation turns rounding noise into full
-    # steps, so they differ between any two runs that sum in another order
+    # steps, so they differ between any two runs that sum in another order. The same happens, far
+    # less, to any weight whose gradient is near zero in one element: the weights are compared to 1 %
+    # of one AdamW step (lr), not to float rounding (seen: 3.8e-6 in a key weight on an AMD EPYC CPU);
+    # a process that trained on other data or skipped a sync is off by whole steps
+    step = BASE["lr"]
     bad = [k for k, v in ref["model"].items() if not k.endswith("attn.k.bias")
-           and not torch.allclose(got["model"][k], v, rtol=1e-5, atol=1e-6)]
-    assert not bad, bad
+           and not torch.allclose(got["model"][k], v, rtol=1e-5, atol=0.01 * step)]
+    assert not bad, {k: (got["model"][k] - ref["model"][k]).abs().max().item() for k in bad}
 
 
 def test_fsdp_leaves_the_scalars_whole(runs):

@@ -72,17 +72,21 @@ def test_load_or_train_uses_a_shipped_run_when_nothing_is_cached(private, tmp_pa
     assert not again.loaded and (tmp_path / "runs" / "siglip-micro" / "checkpoint").exists()
 
 
+def _stale_copy(path: Path, folder: Path) -> None:
+    tensors, meta = read_shipped(path)
+    meta["fingerprint"] = "0" * 16
+    folder.mkdir()
+    save_file(tensors, str(folder / path.name), metadata=meta)
+
+
 def test_a_stale_shipped_checkpoint_is_refused_with_what_changed(private, tmp_path, monkeypatch):
     _, path, _, folder = private
     recipe = get_recipe("siglip", "micro", **{"train.lr": 5e-4})
     with pytest.raises(ShippedCheckpointError, match=r"another recipe.*train\.lr.*python -m pali3_edu\.train"):
         load_shipped(recipe)
     # load_or_train refuses it too, instead of starting hours of training unannounced ...
-    tensors, meta = read_shipped(path)
-    meta["fingerprint"] = "0" * 16
-    (tmp_path / "stale").mkdir()
+    _stale_copy(path, tmp_path / "stale")
     monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "stale")
-    save_file(tensors, str(shipped_path("siglip", "micro")), metadata=meta)
     monkeypatch.setenv("PALI3_EDU_DATA", str(tmp_path / "data"))
     with pytest.raises(ShippedCheckpointError, match="trained from another recipe.*retrain=True"):
         load_or_train("siglip", "micro", progress=False, device="cpu")
@@ -90,13 +94,6 @@ def test_a_stale_shipped_checkpoint_is_refused_with_what_changed(private, tmp_pa
     # ... and trains it when asked to
     run = load_or_train("siglip", "micro", progress=False, device="cpu", retrain=True)
     assert not run.loaded
-
-
-def _stale_copy(path: Path, folder: Path) -> None:
-    tensors, meta = read_shipped(path)
-    meta["fingerprint"] = "0" * 16
-    folder.mkdir()
-    save_file(tensors, str(folder / path.name), metadata=meta)
 
 
 def test_the_command_the_refusal_names_trains_the_stale_preset(private, tmp_path, monkeypatch, capsys):
